@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs dependencies, then builds and
+# runs every test in three build trees:
+#   build/       the normal build (RelWithDebInfo): all tests
+#   build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer: all tests
+#   build-tsan/  ThreadSanitizer: the tests labelled `concurrency`
+# Exits non-zero if anything fails. IOMMU_TEST_JOBS sets build parallelism.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+jobs="${IOMMU_TEST_JOBS:-$(nproc)}"
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
+
+# configure_and_build DIR [CMAKE_ARGS...]
+configure_and_build() {
+  local dir="$1"
+  shift
+  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  cmake --build "$dir" --parallel "$jobs"
+}
+
+run_ctest() {
+  local dir="$1"
+  shift
+  ctest --test-dir "$dir" --output-on-failure --parallel "$jobs" --timeout 600 "$@"
+}
+
+echo "=== normal build: all tests ==="
+configure_and_build build
+run_ctest build
+
+echo "=== AddressSanitizer + UBSan build: all tests ==="
+configure_and_build build-asan -DIOMMU_SANITIZE=address -DIOMMU_BUILD_BENCHMARKS=OFF
+run_ctest build-asan
+
+echo "=== ThreadSanitizer build: concurrency tests ==="
+configure_and_build build-tsan -DIOMMU_SANITIZE=thread -DIOMMU_BUILD_BENCHMARKS=OFF
+run_ctest build-tsan -L concurrency
