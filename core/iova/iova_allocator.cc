@@ -39,7 +39,8 @@ constexpr size_t kDepotMagazinesPerClass = 16;
 constexpr uint64_t kRefillShare = 64;
 
 std::array<int, size_class::kCount> MagazineCapacities(uint64_t aperture_granules) {
-  const uint64_t budget = std::min(kMagazineBytes >> kGranuleShift, aperture_granules / kMagazineApertureShare);
+  const uint64_t budget =
+      std::min(kMagazineBytes >> kGranuleShift, aperture_granules / kMagazineApertureShare);
   std::array<int, size_class::kCount> capacity;
   for (int size_class = 0; size_class < size_class::kCount; ++size_class) {
     capacity[size_class] = static_cast<int>(
@@ -172,9 +173,10 @@ class IovaAllocator::Space final : public std::enable_shared_from_this<IovaAlloc
   ABSL_ATTRIBUTE_ALWAYS_INLINE ThreadCache* CacheForThisThread();
   ABSL_ATTRIBUTE_NOINLINE ThreadCache* BindThisThread();
 
-  ABSL_ATTRIBUTE_ALWAYS_INLINE bool TryAllocateFast(ThreadCache& cache, int size_class, uint64_t last_start,
-                       uint64_t* granule);
-  ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<uint64_t> AllocateSlow(ThreadCache& cache, int size_class, uint64_t last_start);
+  ABSL_ATTRIBUTE_ALWAYS_INLINE bool TryAllocateFast(ThreadCache& cache, int size_class,
+                                                    uint64_t last_start, uint64_t* granule);
+  ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<uint64_t> AllocateSlow(ThreadCache& cache, int size_class,
+                                                                uint64_t last_start);
   bool RefillFromDepot(ThreadCache& cache, int size_class, uint64_t last_start, uint64_t* granule)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache.mu);
   bool RefillFromArena(ThreadCache& cache, int size_class, uint64_t last_start, uint64_t* granule)
@@ -340,7 +342,8 @@ void IovaAllocator::Space::UnbindCache(ThreadCache* cache) {
 }
 
 absl::Status IovaAllocator::Space::SizeError(uint64_t size) {
-  if (size == 0) return absl::InvalidArgumentError("size 0: must be at least one 4096-byte granule");
+  if (size == 0)
+    return absl::InvalidArgumentError("size 0: must be at least one 4096-byte granule");
   if (size % kIovaGranule != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("size ", Hex(size), " is not a multiple of the 4096-byte granule"));
@@ -370,7 +373,7 @@ inline absl::StatusOr<uint64_t> IovaAllocator::Space::Allocate(uint64_t size, ui
 }
 
 inline bool IovaAllocator::Space::TryAllocateFast(ThreadCache& cache, int size_class,
-                                           uint64_t last_start, uint64_t* granule) {
+                                                  uint64_t last_start, uint64_t* granule) {
   if (!cache.gate.EnterFast()) return false;
   const bool hit = cache.classes[size_class].TryPop(last_start, granule);
   if (hit) {
@@ -421,13 +424,14 @@ absl::StatusOr<uint64_t> IovaAllocator::Space::AllocateSlow(ThreadCache& cache, 
     ReclaimAllCaches();
   }
   failed_allocations_.fetch_add(1, std::memory_order_relaxed);
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "no free IOVA range of ", Hex(size_class::GranulesOf(size_class) << kGranuleShift),
-      " bytes at or below ", Hex(((last_start + size_class::GranulesOf(size_class)) << kGranuleShift) - 1)));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("no free IOVA range of ",
+                   Hex(size_class::GranulesOf(size_class) << kGranuleShift), " bytes at or below ",
+                   Hex(((last_start + size_class::GranulesOf(size_class)) << kGranuleShift) - 1)));
 }
 
-bool IovaAllocator::Space::RefillFromDepot(ThreadCache& cache, int size_class,
-                                           uint64_t last_start, uint64_t* granule) {
+bool IovaAllocator::Space::RefillFromDepot(ThreadCache& cache, int size_class, uint64_t last_start,
+                                           uint64_t* granule) {
   std::unique_ptr<Magazine> magazine;
   {
     DepotShelf& shelf = depot_[size_class];
@@ -451,8 +455,8 @@ bool IovaAllocator::Space::RefillFromDepot(ThreadCache& cache, int size_class,
   return true;
 }
 
-bool IovaAllocator::Space::RefillFromArena(ThreadCache& cache, int size_class,
-                                           uint64_t last_start, uint64_t* granule) {
+bool IovaAllocator::Space::RefillFromArena(ThreadCache& cache, int size_class, uint64_t last_start,
+                                           uint64_t* granule) {
   const uint64_t footprint = size_class::GranulesOf(size_class);
   const uint64_t alignment = size_class::AlignmentOf(size_class);
   const uint64_t end = last_start + footprint;
@@ -662,20 +666,19 @@ absl::Status IovaAllocator::Space::CheckReservable(uint64_t first, uint64_t coun
   for (const IovaRange& fixed : fixed_reserved_) {
     const uint64_t fixed_first = fixed.start >> kGranuleShift;
     if (fixed_first < end && first < fixed_first + (fixed.size >> kGranuleShift)) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("range [", Hex(first << kGranuleShift), ", ", Hex(end << kGranuleShift),
-                       ") overlaps the reserved region at ", Hex(fixed.start), " of size ",
-                       Hex(fixed.size)));
+      return absl::AlreadyExistsError(absl::StrCat(
+          "range [", Hex(first << kGranuleShift), ", ", Hex(end << kGranuleShift),
+          ") overlaps the reserved region at ", Hex(fixed.start), " of size ", Hex(fixed.size)));
     }
   }
   auto after = reservations_.lower_bound(end);
   if (after != reservations_.begin()) {
     const auto& [reserved_first, reserved_count] = *std::prev(after);
     if (reserved_first + reserved_count > first) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "range [", Hex(first << kGranuleShift), ", ", Hex(end << kGranuleShift),
-          ") overlaps the range reserved at ", Hex(reserved_first << kGranuleShift), " of size ",
-          Hex(reserved_count << kGranuleShift)));
+      return absl::AlreadyExistsError(
+          absl::StrCat("range [", Hex(first << kGranuleShift), ", ", Hex(end << kGranuleShift),
+                       ") overlaps the range reserved at ", Hex(reserved_first << kGranuleShift),
+                       " of size ", Hex(reserved_count << kGranuleShift)));
     }
   }
   return absl::OkStatus();
@@ -690,9 +693,9 @@ absl::Status IovaAllocator::Space::Reserve(uint64_t iova, uint64_t size) {
   const uint64_t first = iova >> kGranuleShift;
   const uint64_t count = size >> kGranuleShift;
   if (first < first_granule_ || first >= end_granule_ || count > end_granule_ - first) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "range at iova ", Hex(iova), " of size ", Hex(size), " leaves the aperture [",
-        Hex(first_granule_ << kGranuleShift), ", ", Hex(aperture_last_), "]"));
+    return absl::OutOfRangeError(
+        absl::StrCat("range at iova ", Hex(iova), " of size ", Hex(size), " leaves the aperture [",
+                     Hex(first_granule_ << kGranuleShift), ", ", Hex(aperture_last_), "]"));
   }
   for (bool reclaimed = false;; reclaimed = true) {
     {
@@ -709,18 +712,17 @@ absl::Status IovaAllocator::Space::Reserve(uint64_t iova, uint64_t size) {
     if (reclaimed) break;
     ReclaimAllCaches();
   }
-  return absl::AlreadyExistsError(absl::StrCat("range at iova ", Hex(iova), " of size ",
-                                               Hex(size), " overlaps allocated IOVA space"));
+  return absl::AlreadyExistsError(absl::StrCat("range at iova ", Hex(iova), " of size ", Hex(size),
+                                               " overlaps allocated IOVA space"));
 }
 
 absl::Status IovaAllocator::Space::Unreserve(uint64_t iova, uint64_t size) {
   if (iova % kIovaGranule != 0) return IovaAlignmentError(iova);
   std::lock_guard<std::mutex> lock(arena_mu_);
   auto it = reservations_.find(iova >> kGranuleShift);
-  if (it == reservations_.end() ||
-      GranulesToBytes(it->second) != size) {
-    return absl::NotFoundError(absl::StrCat("no range of size ", Hex(size),
-                                            " is reserved at iova ", Hex(iova)));
+  if (it == reservations_.end() || GranulesToBytes(it->second) != size) {
+    return absl::NotFoundError(
+        absl::StrCat("no range of size ", Hex(size), " is reserved at iova ", Hex(iova)));
   }
   arena_.Release(it->first, it->second);
   reserved_granules_ -= it->second;
@@ -768,8 +770,8 @@ namespace {
 
 absl::Status ValidateOptions(const IovaAllocatorOptions& options) {
   if (options.aperture_first % kIovaGranule != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "aperture_first ", Hex(options.aperture_first), " is not aligned to the 4096-byte granule"));
+    return absl::InvalidArgumentError(absl::StrCat("aperture_first ", Hex(options.aperture_first),
+                                                   " is not aligned to the 4096-byte granule"));
   }
   if ((options.aperture_last + 1) % kIovaGranule != 0) {
     return absl::InvalidArgumentError(absl::StrCat("aperture_last ", Hex(options.aperture_last),

@@ -90,19 +90,18 @@ struct IovaStats {
   // The largest aligned power-of-two block free in the arena: an allocation
   // of this size succeeds without reclaiming caches (fragmentation gauge).
   uint64_t largest_free_block_bytes = 0;
-  uint64_t fast_path_allocations = 0;   // served by the thread's own cache
-  uint64_t depot_allocations = 0;       // served by a magazine from the depot
-  uint64_t slow_path_allocations = 0;   // carved from the arena
-  uint64_t failed_allocations = 0;      // answered RESOURCE_EXHAUSTED
-  uint64_t cache_reclaims = 0;          // thread caches drained by another thread
-  uint64_t thread_caches = 0;           // caches currently bound to a thread
+  uint64_t fast_path_allocations = 0;  // served by the thread's own cache
+  uint64_t depot_allocations = 0;      // served by a magazine from the depot
+  uint64_t slow_path_allocations = 0;  // carved from the arena
+  uint64_t failed_allocations = 0;     // answered RESOURCE_EXHAUSTED
+  uint64_t cache_reclaims = 0;         // thread caches drained by another thread
+  uint64_t thread_caches = 0;          // caches currently bound to a thread
 };
 
 class IovaAllocator final {
  public:
   // Validates `options` (INVALID_ARGUMENT naming the field otherwise).
-  static absl::StatusOr<std::unique_ptr<IovaAllocator>> Create(
-      const IovaAllocatorOptions& options);
+  static absl::StatusOr<std::unique_ptr<IovaAllocator>> Create(const IovaAllocatorOptions& options);
 
   IovaAllocator(const IovaAllocator&) = delete;
   IovaAllocator& operator=(const IovaAllocator&) = delete;

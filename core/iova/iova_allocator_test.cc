@@ -55,7 +55,7 @@ TEST(IovaAllocatorTest, RespectsLimitAndAperture) {
 TEST(IovaAllocatorTest, NeverTouchesReservedRanges) {
   IovaAllocatorOptions options;
   options.aperture_first = 0;
-  options.aperture_last = (16 << 20) - 1;  // 16 MiB
+  options.aperture_last = (16 << 20) - 1;     // 16 MiB
   options.reserved = {{0x400000, 0x800000}};  // the middle half
   auto allocator = MakeAllocator(options);
   int allocated = 0;

@@ -27,7 +27,7 @@ namespace internal {
 constexpr int ComputeIndexOf(uint64_t granules) {
   if (granules <= 4) return static_cast<int>(granules) - 1;
   const int octave = FloorLog2(granules - 1);  // granules in (2^octave, 2^(octave+1)]
-  const int step_log2 = octave - 2;  // four steps per octave
+  const int step_log2 = octave - 2;            // four steps per octave
   const uint64_t above_octave = granules - (uint64_t{1} << octave) - 1;
   const int step = static_cast<int>(above_octave >> step_log2);  // 0..3
   return 4 + 4 * step_log2 + step;
