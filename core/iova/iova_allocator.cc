@@ -132,6 +132,7 @@ struct ClassCache {
 // One thread's cache. The owner thread uses `classes` on its fast path under
 // `gate` with no lock; everyone else, and the owner off its fast path, holds
 // `mu`. Counters have one writer at a time and are read by Stats().
+// `operations_at_last_shrink` belongs to ShrinkIdleCaches (registry mutex).
 struct alignas(kCacheLine) ThreadCache {
   explicit ThreadCache(HeavyBarrier barrier) : gate(barrier) {}
 
@@ -143,6 +144,7 @@ struct alignas(kCacheLine) ThreadCache {
   std::atomic<uint64_t> frees{0};
   std::atomic<uint64_t> depot_allocations{0};
   std::atomic<uint64_t> arena_allocations{0};
+  uint64_t operations_at_last_shrink = 0;
 };
 
 class IovaAllocator::Space final : public std::enable_shared_from_this<IovaAllocator::Space> {
@@ -224,8 +226,6 @@ class IovaAllocator::Space final : public std::enable_shared_from_this<IovaAlloc
   mutable std::mutex registry_mu_;
   std::vector<std::unique_ptr<ThreadCache>> caches_ ABSL_GUARDED_BY(registry_mu_);
   std::vector<ThreadCache*> unbound_caches_ ABSL_GUARDED_BY(registry_mu_);
-  absl::flat_hash_map<const ThreadCache*, uint64_t> operations_at_last_shrink_
-      ABSL_GUARDED_BY(registry_mu_);
 
   std::array<DepotShelf, size_class::kCount> depot_;
   std::atomic<uint64_t> depot_granules_{0};
@@ -397,11 +397,11 @@ absl::Status IovaAllocator::Space::IovaAlignmentError(uint64_t iova) {
 
 absl::StatusOr<uint64_t> IovaAllocator::Space::AllocateSlow(ThreadCache& cache, int size_class,
                                                             uint64_t last_start) {
+  const uint64_t footprint = size_class::GranulesOf(size_class);
   for (bool reclaimed = false;; reclaimed = true) {
     {
       std::lock_guard<std::mutex> lock(cache.mu);
       uint64_t granule;
-      const uint64_t footprint = size_class::GranulesOf(size_class);
       if (cache.classes[size_class].TryPop(last_start, &granule)) {
         Drop(cache.cached_granules, footprint);
         Bump(cache.allocations);
@@ -425,9 +425,8 @@ absl::StatusOr<uint64_t> IovaAllocator::Space::AllocateSlow(ThreadCache& cache, 
   }
   failed_allocations_.fetch_add(1, std::memory_order_relaxed);
   return absl::ResourceExhaustedError(
-      absl::StrCat("no free IOVA range of ",
-                   Hex(size_class::GranulesOf(size_class) << kGranuleShift), " bytes at or below ",
-                   Hex(((last_start + size_class::GranulesOf(size_class)) << kGranuleShift) - 1)));
+      absl::StrCat("no free IOVA range of ", Hex(footprint << kGranuleShift), " bytes at or below ",
+                   Hex(((last_start + footprint) << kGranuleShift) - 1)));
 }
 
 bool IovaAllocator::Space::RefillFromDepot(ThreadCache& cache, int size_class, uint64_t last_start,
@@ -557,13 +556,8 @@ void IovaAllocator::Space::FreeSlow(ThreadCache& cache, int size_class, uint64_t
   ClassCache& classes = cache.classes[size_class];
   const int capacity = magazine_capacity_[size_class];
   if (!classes.TryPush(capacity, granule)) {
-    // Both magazines full (or never made): shelve `previous`, start an empty one.
-    if (classes.previous != nullptr && classes.previous->count > 0) {
-      Drop(cache.cached_granules, classes.previous->count * size_class::GranulesOf(size_class));
-      ShelveMagazine(size_class, std::move(classes.previous));
-    }
-    classes.previous = std::move(classes.loaded);
-    classes.loaded = std::make_unique<Magazine>();
+    // Both magazines full (or never made): start an empty one.
+    InstallMagazine(cache, size_class, std::make_unique<Magazine>());
     classes.TryPush(capacity, granule);
   }
   Bump(cache.cached_granules, size_class::GranulesOf(size_class));
@@ -626,9 +620,8 @@ void IovaAllocator::Space::ShrinkIdleCaches() {
     for (const std::unique_ptr<ThreadCache>& cache : caches_) {
       const uint64_t operations = cache->allocations.load(std::memory_order_relaxed) +
                                   cache->frees.load(std::memory_order_relaxed);
-      uint64_t& at_last_shrink = operations_at_last_shrink_[cache.get()];
-      const bool idle = operations == at_last_shrink;
-      at_last_shrink = operations;
+      const bool idle = operations == cache->operations_at_last_shrink;
+      cache->operations_at_last_shrink = operations;
       if (!idle || cache->cached_granules.load(std::memory_order_relaxed) == 0) continue;
       DrainCache(*cache);
       cache_reclaims_.fetch_add(1, std::memory_order_relaxed);
