@@ -14,10 +14,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/str_format.h"
 #include "core/iova/iova_arena.h"
 #include "core/iova/reclaim_gate.h"
 #include "core/iova/size_class.h"
+#include "core/util/hex.h"
 
 namespace iommu_broker {
 namespace {
@@ -279,8 +279,6 @@ struct LastBinding {
 // allocator's only non-member state.
 thread_local ThreadBindings thread_bindings;
 constinit thread_local LastBinding last_binding;
-
-std::string Hex(uint64_t value) { return absl::StrFormat("0x%x", value); }
 
 }  // namespace
 

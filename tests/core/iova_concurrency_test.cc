@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "core/iova/iova_allocator.h"
 #include "core/iova/size_class.h"
+#include "core/util/hex.h"
 #include "gtest/gtest.h"
 
 namespace iommu_broker {
@@ -46,12 +47,6 @@ constexpr int kReserverOps = 1500;
 constexpr size_t kMaxReservations = 8;
 constexpr uint64_t kSeed = 0xc0ffee;
 constexpr uint32_t kFixedOwner = ~uint32_t{0};  // the shadow's owner of fixed reserved ranges
-
-std::string Hex(uint64_t value) {
-  char text[24];
-  std::snprintf(text, sizeof(text), "0x%llx", static_cast<unsigned long long>(value));
-  return text;
-}
 
 uint64_t FootprintBytes(uint64_t size) {
   return size_class::GranulesOf(size_class::IndexOf(size / kPage)) * kPage;

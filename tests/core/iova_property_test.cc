@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "core/iova/iova_allocator.h"
 #include "core/iova/size_class.h"
+#include "core/util/hex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -47,12 +48,6 @@ constexpr bool kSanitizedMalloc = true;
 #else
 constexpr bool kSanitizedMalloc = false;
 #endif
-
-std::string Hex(uint64_t value) {
-  char text[24];
-  std::snprintf(text, sizeof(text), "0x%llx", static_cast<unsigned long long>(value));
-  return text;
-}
 
 std::string MessageOf(const absl::Status& status) { return std::string(status.message()); }
 

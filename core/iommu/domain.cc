@@ -1,0 +1,635 @@
+#include "core/iommu/domain.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/iommu/id.h"
+#include "core/util/hex.h"
+
+namespace iommu_broker {
+namespace {
+
+// The longest DMA a single Translate call may describe.
+constexpr uint64_t kMaxTranslateBytes = uint64_t{16} << 20;
+constexpr uint64_t kIovaLimit = uint64_t{1} << kIovaBits;
+
+bool Aligned(uint64_t value) { return (value & (kPage4K - 1)) == 0; }
+
+// "[0x1000, 0x3000)"
+std::string RangeText(uint64_t start, uint64_t end) {
+  return absl::StrCat("[", Hex(start), ", ", Hex(end), ")");
+}
+
+// end - 1 of a non-empty range, or nullopt if start + size overflows.
+std::optional<uint64_t> LastByte(uint64_t start, uint64_t size) {
+  if (size == 0 || start > ~uint64_t{0} - (size - 1)) return std::nullopt;
+  return start + (size - 1);
+}
+
+absl::Status ValidateConfig(const DomainConfig& config, uint64_t physical_memory_bytes) {
+  if (absl::Status status = ValidateId("domain id", config.id); !status.ok()) return status;
+  const std::string in = absl::StrCat("domain ", config.id, ": ");
+  if (!Aligned(config.aperture_first) || !Aligned(config.aperture_last + 1) ||
+      config.aperture_first > config.aperture_last || config.aperture_last >= kIovaLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(in, "aperture [", Hex(config.aperture_first), ", ", Hex(config.aperture_last),
+                     "] must be granule-aligned, non-empty and below 2^48"));
+  }
+  if ((config.page_sizes & kPage4K) == 0 ||
+      (config.page_sizes & ~(kPage4K | kPage2M | kPage1G)) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(in, "page_sizes ", Hex(config.page_sizes),
+                     " must include 4 KiB and only add 2 MiB or 1 GiB"));
+  }
+  if (config.flush_queue.capacity < 1 || config.flush_queue.capacity > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        in, "flush_queue capacity ", config.flush_queue.capacity, " is not in [1, 65536]"));
+  }
+  if (config.flush_queue.timeout <= absl::ZeroDuration() ||
+      config.flush_queue.timeout > absl::Seconds(10)) {
+    return absl::InvalidArgumentError(absl::StrCat(in, "flush_queue timeout ",
+                                                   absl::FormatDuration(config.flush_queue.timeout),
+                                                   " is not in (0, 10s]"));
+  }
+  for (const ReservedRegion& region : config.reserved) {
+    if (!Aligned(region.start) || !Aligned(region.size) || !LastByte(region.start, region.size)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(in, "reserved region ", region.name, " ",
+                       RangeText(region.start, region.start + region.size),
+                       " must be non-empty and granule-aligned"));
+    }
+  }
+  if (config.identity_first && config.policy != Policy::kFast) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(in, "identity_first needs policy fast, not ", PolicyName(config.policy)));
+  }
+  if (config.max_mappings < 1 || config.max_mappings > (uint64_t{1} << 40)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(in, "max_mappings ", config.max_mappings, " is not in [1, 2^40]"));
+  }
+  if (!Aligned(config.bypass_window_base) || config.bypass_window_base <= config.aperture_last ||
+      !LastByte(config.bypass_window_base, physical_memory_bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        in, "bypass_window_base ", Hex(config.bypass_window_base),
+        " must be granule-aligned, above the aperture, and leave room for physical memory"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Domain>> Domain::Create(const DomainConfig& config,
+                                                       const Environment& env) {
+  if (absl::Status status = ValidateConfig(config, env.physical_memory_bytes); !status.ok()) {
+    return status;
+  }
+  IovaAllocatorOptions options;
+  options.aperture_first = config.aperture_first;
+  options.aperture_last = config.aperture_last;
+  for (const ReservedRegion& region : config.reserved) {
+    options.reserved.push_back({region.start, region.size});
+  }
+  if (config.identity_first) {
+    // The allocator serves only addresses above physical memory; below it,
+    // IOVA = PA claims on the page table decide.
+    options.reserved.push_back({0, std::min(env.physical_memory_bytes, kIovaLimit)});
+  }
+  absl::StatusOr<std::unique_ptr<IovaAllocator>> allocator = IovaAllocator::Create(options);
+  if (!allocator.ok()) return allocator.status();
+  absl::StatusOr<std::unique_ptr<Iotlb>> iotlb = Iotlb::Create(config.iotlb, config.page_sizes);
+  if (!iotlb.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("domain ", config.id, ": ", iotlb.status().message()));
+  }
+  return std::unique_ptr<Domain>(new Domain(config, env, *std::move(allocator), *std::move(iotlb)));
+}
+
+Domain::Domain(const DomainConfig& config, const Environment& env,
+               std::unique_ptr<IovaAllocator> allocator, std::unique_ptr<Iotlb> iotlb)
+    : config_(config),
+      env_(env),
+      identity_end_(config.identity_first
+                        ? std::min(env.physical_memory_bytes, config.aperture_last + 1)
+                        : 0),
+      policy_(config.policy),
+      allocator_(std::move(allocator)),
+      iotlb_(std::move(iotlb)),
+      page_table_(*env.reclaimer),
+      flush_queue_(config.flush_queue, *iotlb_, *env.invalidation_queue,
+                   [this](absl::Span<const PageTable::Removed> done) { ReleaseIovas(done); }),
+      faults_(env.fault_log_capacity, env.iommu_faults) {}
+
+Domain::~Domain() = default;
+
+// ---------------------------------------------------------------- Map
+
+absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request) {
+  if (absl::Status status = ValidateMapRequest(request); !status.ok()) return status;
+  std::string refusal;
+  absl::StatusOr<std::optional<MapResult>> bypass = DecideBypass(device, request, &refusal);
+  if (!bypass.ok()) return bypass.status();
+  if (bypass->has_value()) {
+    bypass_maps_.Add();
+    return **bypass;
+  }
+  MapResult result;
+  result.bypass_refusal = std::move(refusal);
+  if (policy() == Policy::kPassthrough && !request.has_iova &&
+      request.phys + (request.size - 1) <= device.dma_mask()) {
+    identity_maps_.Add();
+    result.iova = request.phys;
+    result.kind = MappingKind::kIdentity;
+    return result;
+  }
+  if (!live_mappings_.TryIncrement(static_cast<int64_t>(config_.max_mappings))) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "domain ", id(), " holds its limit of ", config_.max_mappings, " mappings (max_mappings)"));
+  }
+  absl::StatusOr<Placed> placed =
+      request.has_iova ? PlaceFixed(device, request) : PlaceAnywhere(device, request);
+  if (!placed.ok()) {
+    live_mappings_.Add(-1);
+    return placed.status();
+  }
+  maps_.Add();
+  result.iova = placed->iova;
+  if (placed->origin == IovaOrigin::kClaimed && placed->iova == request.phys) {
+    result.kind = MappingKind::kIdentity;
+    identity_maps_.Add();
+  }
+  result.leaves_4k = placed->leaves.leaves_4k;
+  result.leaves_2m = placed->leaves.leaves_2m;
+  result.leaves_1g = placed->leaves.leaves_1g;
+  return result;
+}
+
+absl::Status Domain::ValidateMapRequest(const MapRequest& request) const {
+  if (request.size == 0 || !Aligned(request.size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "size ", Hex(request.size), " is not a positive multiple of the 4096-byte granule"));
+  }
+  if (!Aligned(request.phys)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("phys ", Hex(request.phys), " is not aligned to the 4096-byte granule"));
+  }
+  if (request.has_iova && !Aligned(request.iova)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("iova ", Hex(request.iova), " is not aligned to the 4096-byte granule"));
+  }
+  if (!request.perms.read && !request.perms.write) {
+    return absl::InvalidArgumentError("perms must allow read, write or both");
+  }
+  if (request.has_iova && request.bypass != BypassMode::kNone) {
+    return absl::InvalidArgumentError("bypass cannot be combined with a fixed iova");
+  }
+  std::optional<uint64_t> phys_last = LastByte(request.phys, request.size);
+  if (!phys_last || *phys_last >= env_.physical_memory_bytes) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "phys range ", RangeText(request.phys, request.phys + request.size),
+        " is outside the emulated physical memory ", RangeText(0, env_.physical_memory_bytes)));
+  }
+  if (request.has_iova && !LastByte(request.iova, request.size)) {
+    return absl::OutOfRangeError(absl::StrCat("iova ", Hex(request.iova), " + size ",
+                                              Hex(request.size), " overflows 64 bits"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<MapResult>> Domain::DecideBypass(const Device& device,
+                                                              const MapRequest& request,
+                                                              std::string* refusal) const {
+  const Policy current = policy();
+  if (request.bypass == BypassMode::kNone || current == Policy::kPassthrough) {
+    return std::nullopt;  // in pt everything reachable is identity already
+  }
+  const uint64_t window_iova = config_.bypass_window_base + request.phys;
+  absl::Status denied;
+  if (current == Policy::kParanoid) {
+    denied = absl::PermissionDeniedError(
+        absl::StrCat("domain ", id(), " is paranoid: bypass is never honoured"));
+  } else if (!device.allow_bypass()) {
+    denied = absl::PermissionDeniedError(
+        absl::StrCat("device ", device.id(),
+                     " may not bypass the IOMMU: the operator has not set allow_bypass"));
+  } else if (window_iova + (request.size - 1) > device.dma_mask()) {
+    denied = absl::FailedPreconditionError(absl::StrCat(
+        "device ", device.id(), "'s ", device.dma_mask_bits(),
+        "-bit DMA mask does not reach its bypass window at ", Hex(config_.bypass_window_base)));
+  } else {
+    MapResult result;
+    result.iova = window_iova;
+    result.kind = MappingKind::kBypass;
+    return result;
+  }
+  if (request.bypass == BypassMode::kRequire) return denied;
+  *refusal = std::string(denied.message());
+  return std::nullopt;
+}
+
+PageTable::Mapping Domain::MappingFor(const Device& device, const MapRequest& request,
+                                      uint64_t iova, IovaOrigin origin) const {
+  PageTable::Mapping mapping;
+  mapping.iova = iova;
+  mapping.phys = request.phys;
+  mapping.size = request.size;
+  mapping.perms = request.perms;
+  mapping.origin = origin;
+  mapping.owner = device.requester();
+  mapping.page_sizes = config_.page_sizes;
+  mapping.tables_may_be_shared = origin == IovaOrigin::kClaimed;
+  return mapping;
+}
+
+absl::StatusOr<Domain::Placed> Domain::PlaceAnywhere(const Device& device,
+                                                     const MapRequest& request) {
+  const uint64_t phys_last = request.phys + (request.size - 1);
+  if (identity_end_ != 0 && policy() == Policy::kFast && request.phys >= config_.aperture_first &&
+      phys_last < identity_end_ && phys_last <= device.dma_mask() &&
+      CheckReservedOverlap(request.phys, request.size).ok()) {
+    if (std::optional<PageTable::LeafCounts> leaves =
+            page_table_.Install(MappingFor(device, request, request.phys, IovaOrigin::kClaimed))) {
+      return Placed{request.phys, IovaOrigin::kClaimed, *leaves};
+    }
+    // Taken: fall back to the allocator, which serves addresses above
+    // physical memory.
+  }
+  absl::StatusOr<uint64_t> iova =
+      allocator_->Allocate(request.size, std::min(device.dma_mask(), config_.aperture_last));
+  if (!iova.ok()) {
+    return absl::Status(
+        iova.status().code(),
+        absl::StrCat("domain ", id(), ", device ", device.id(), ": ", iova.status().message()));
+  }
+  std::optional<PageTable::LeafCounts> leaves =
+      page_table_.Install(MappingFor(device, request, *iova, IovaOrigin::kAllocated));
+  if (!leaves) {
+    allocator_->Free(*iova, request.size).IgnoreError();
+    return absl::InternalError(absl::StrCat("domain ", id(), ": allocated iova ", Hex(*iova),
+                                            " is already present in the page table"));
+  }
+  return Placed{*iova, IovaOrigin::kAllocated, *leaves};
+}
+
+absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const MapRequest& request) {
+  const uint64_t iova = request.iova;
+  const uint64_t last = iova + (request.size - 1);
+  if (iova < config_.aperture_first || last > config_.aperture_last) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "iova range ", RangeText(iova, last + 1), " is outside the aperture [",
+        Hex(config_.aperture_first), ", ", Hex(config_.aperture_last), "] of domain ", id()));
+  }
+  if (last > device.dma_mask()) {
+    return absl::OutOfRangeError(
+        absl::StrCat("iova range ", RangeText(iova, last + 1), " is above device ", device.id(),
+                     "'s ", device.dma_mask_bits(), "-bit DMA mask ", Hex(device.dma_mask())));
+  }
+  if (absl::Status status = CheckReservedOverlap(iova, request.size); !status.ok()) return status;
+  if (iova < identity_end_) {
+    if (last >= identity_end_) {
+      return absl::InvalidArgumentError(absl::StrCat("iova range ", RangeText(iova, last + 1),
+                                                     " straddles the end of domain ", id(),
+                                                     "'s identity region at ", Hex(identity_end_)));
+    }
+    std::optional<PageTable::LeafCounts> leaves =
+        page_table_.Install(MappingFor(device, request, iova, IovaOrigin::kClaimed));
+    if (!leaves) {
+      // Perhaps unmapped but not yet invalidated (its claim stays until
+      // then): invalidate now, as below for allocator space.
+      if (flush_queue_.Stats().pending > 0) flush_queue_.Flush();
+      leaves = page_table_.Install(MappingFor(device, request, iova, IovaOrigin::kClaimed));
+    }
+    if (!leaves) return OverlapError(iova, request.size);
+    return Placed{iova, IovaOrigin::kClaimed, *leaves};
+  }
+  absl::Status reserved = allocator_->Reserve(iova, request.size);
+  if (absl::IsAlreadyExists(reserved)) {
+    // Perhaps unmapped but not yet invalidated: invalidate now, so the
+    // caller may reuse its IOVA as virtio-iommu allows. Retry even when
+    // nothing is pending any more: another thread's flush may have released
+    // the range after the first attempt failed.
+    if (flush_queue_.Stats().pending > 0) flush_queue_.Flush();
+    reserved = allocator_->Reserve(iova, request.size);
+  }
+  if (absl::IsAlreadyExists(reserved)) return OverlapError(iova, request.size);
+  if (!reserved.ok()) return reserved;
+  std::optional<PageTable::LeafCounts> leaves =
+      page_table_.Install(MappingFor(device, request, iova, IovaOrigin::kReserved));
+  if (!leaves) {
+    allocator_->Unreserve(iova, request.size).IgnoreError();
+    return OverlapError(iova, request.size);
+  }
+  return Placed{iova, IovaOrigin::kReserved, *leaves};
+}
+
+absl::Status Domain::CheckReservedOverlap(uint64_t iova, uint64_t size) const {
+  for (const ReservedRegion& region : config_.reserved) {
+    if (iova < region.start + region.size && region.start < iova + size) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "iova range ", RangeText(iova, iova + size), " overlaps reserved region ", region.name,
+          " ", RangeText(region.start, region.start + region.size), " of domain ", id()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Domain::OverlapError(uint64_t iova, uint64_t size) const {
+  if (std::optional<PageTable::Leaf> leaf = page_table_.FindLeaf(iova, iova + size)) {
+    return absl::AlreadyExistsError(absl::StrCat("iova range ", RangeText(iova, iova + size),
+                                                 " overlaps a mapping at ", Hex(leaf->iova),
+                                                 " in domain ", id()));
+  }
+  return absl::AlreadyExistsError(absl::StrCat(
+      "iova range ", RangeText(iova, iova + size), " overlaps IOVA space in use in domain ", id(),
+      " (being mapped or unmapped, or the rounding of an allocated range)"));
+}
+
+// ---------------------------------------------------------------- Unmap
+
+absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_t size) {
+  if (size == 0 || !Aligned(size) || !Aligned(iova)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unmap iova ", Hex(iova), " and size ", Hex(size),
+                     " must be aligned to the 4096-byte granule, and size positive"));
+  }
+  if (!LastByte(iova, size)) {
+    return absl::OutOfRangeError(
+        absl::StrCat("iova ", Hex(iova), " + size ", Hex(size), " overflows 64 bits"));
+  }
+  if (InBypassWindow(iova, size)) return UnmapResult{};  // bypass has nothing to undo
+  // Nothing is mapped at or above 2^48. Clamping there also keeps a range
+  // that ends exactly at 2^64 from wrapping `end` to 0.
+  const uint64_t end = std::min(iova + (size - 1), kIovaLimit - 1) + 1;
+  if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) return status;
+
+  absl::InlinedVector<PageTable::Removed, 1> removed;
+  UnmapResult result;
+  for (uint64_t cursor = iova; cursor < end;) {
+    std::optional<PageTable::Leaf> leaf = page_table_.FindLeaf(cursor, end);
+    if (!leaf) break;
+    cursor = leaf->iova + leaf->size;
+    if (!leaf->first) continue;  // a mapping being built or removed by another thread
+    if (std::optional<PageTable::Removed> gone = page_table_.Remove(leaf->iova, end)) {
+      if (gone->reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
+      removed.push_back(*gone);
+      result.bytes_unmapped += gone->size;
+      cursor = gone->iova + gone->size;
+    }
+  }
+  const Policy current = policy();
+  if (removed.empty()) {
+    if (current != Policy::kPassthrough) {  // pt identity maps have nothing to unmap
+      debug_.CountDoubleUnmap();
+      device.debug().CountDoubleUnmap();
+    }
+    return result;
+  }
+  result.mappings_removed = removed.size();
+  live_mappings_.Add(-static_cast<int64_t>(removed.size()));
+  unmaps_.Add(static_cast<int64_t>(removed.size()));
+  if (current == Policy::kParanoid) {
+    InvalidateNow(removed);
+    ReleaseIovas(removed);
+  } else {
+    for (const PageTable::Removed& gone : removed) flush_queue_.Enqueue(gone);
+  }
+  return result;
+}
+
+absl::Status Domain::CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end) {
+  std::string problem;
+  // Nothing is mapped at or above 2^48, and a page-table walk of such an
+  // address would alias it onto a lower one: look up only below.
+  if (std::optional<PageTable::Leaf> head =
+          iova < kIovaLimit ? page_table_.Lookup(iova) : std::nullopt;
+      head && (!head->first || head->iova != iova)) {
+    problem = absl::StrCat(Hex(iova), " is inside a mapping that starts below it");
+  } else if (std::optional<PageTable::Leaf> tail =
+                 end - 1 < kIovaLimit ? page_table_.Lookup(end - 1) : std::nullopt;
+             tail && (!tail->last || tail->iova + tail->size != end)) {
+    problem = absl::StrCat(Hex(end - 1), " is inside a mapping that ends above ", Hex(end));
+  } else {
+    return absl::OkStatus();
+  }
+  debug_.CountWrongSizeUnmap();
+  device.debug().CountWrongSizeUnmap();
+  return absl::FailedPreconditionError(absl::StrCat("unmap ", RangeText(iova, end),
+                                                    " would split a mapping in domain ", id(), ": ",
+                                                    problem, "; nothing was unmapped"));
+}
+
+void Domain::InvalidateNow(absl::Span<const PageTable::Removed> removed) {
+  std::vector<InvalidationDescriptor> descriptors;
+  for (const PageTable::Removed& gone : removed) AppendInvalidations(gone, *iotlb_, descriptors);
+  env_.invalidation_queue->Invalidate(descriptors);
+}
+
+void Domain::ReleaseIovas(absl::Span<const PageTable::Removed> removed) {
+  for (const PageTable::Removed& gone : removed) {
+    switch (gone.origin) {
+      case IovaOrigin::kAllocated:
+        allocator_->Free(gone.iova, gone.size).IgnoreError();  // trusted: the table's record
+        break;
+      case IovaOrigin::kReserved:
+        allocator_->Unreserve(gone.iova, gone.size).IgnoreError();
+        break;
+      case IovaOrigin::kClaimed: {
+        EpochReclaimer::Guard guard(*env_.reclaimer);  // may run on the timer thread
+        if (page_table_.Release(gone.iova, gone.size)) {
+          env_.reclaim_due->store(true, std::memory_order_relaxed);
+        }
+        break;
+      }
+    }
+  }
+}
+
+bool Domain::InBypassWindow(uint64_t iova, uint64_t size) const {
+  return iova >= config_.bypass_window_base &&
+         iova - config_.bypass_window_base + size <= env_.physical_memory_bytes;
+}
+
+// ---------------------------------------------------------------- Translate
+
+absl::Status Domain::ValidateTranslateRange(uint64_t iova, uint64_t size) {
+  if (size == 0 || size > kMaxTranslateBytes || !LastByte(iova, size)) {
+    return absl::InvalidArgumentError(absl::StrCat("translate size ", Hex(size), " at iova ",
+                                                   Hex(iova), " must be in [1, ",
+                                                   Hex(kMaxTranslateBytes), "] and not wrap"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TranslateResult> Domain::Translate(Device& device, uint64_t iova, uint64_t size,
+                                                  Access access) {
+  if (absl::Status status = ValidateTranslateRange(iova, size); !status.ok()) return status;
+  translations_.Add();
+  const uint64_t last = iova + (size - 1);
+  if (last > device.dma_mask()) {
+    return FaultAt(device, std::max(iova, device.dma_mask() + 1), access,
+                   FaultReason::kAboveDmaMask);
+  }
+  const Policy current = policy();
+  TranslateResult result;
+  if (current == Policy::kFast && device.allow_bypass() && iova >= config_.bypass_window_base) {
+    // The window reaches all of memory: that is what granting bypass means.
+    if (!InBypassWindow(iova, size)) {
+      return FaultAt(device,
+                     std::max(iova, config_.bypass_window_base + env_.physical_memory_bytes),
+                     access, FaultReason::kNotMapped);
+    }
+    result.kind = MappingKind::kBypass;
+    result.segments.push_back({iova - config_.bypass_window_base, size});
+    return result;
+  }
+  result.iotlb_hit = true;
+  for (uint64_t cursor = iova; cursor <= last;) {
+    PageTranslation page;
+    if (std::optional<FaultReason> fault = TranslatePage(device, cursor, current, page)) {
+      return FaultAt(device, cursor, access, *fault);
+    }
+    if ((access == Access::kRead && !page.perms.read) ||
+        (access == Access::kWrite && !page.perms.write)) {
+      return FaultAt(device, cursor, access, FaultReason::kPermission);
+    }
+    const uint64_t piece_last = std::min(last, page.iova + (page.size - 1));
+    const uint64_t phys = page.phys + (cursor - page.iova);
+    const uint64_t length = piece_last - cursor + 1;
+    if (cursor == iova) result.kind = page.kind;
+    if (!result.segments.empty() &&
+        result.segments.back().phys + result.segments.back().size == phys) {
+      result.segments.back().size += length;
+    } else {
+      result.segments.push_back({phys, length});
+    }
+    result.iotlb_hit &= page.iotlb_hit;
+    result.stale |= page.stale;
+    if (piece_last == last) break;
+    cursor = piece_last + 1;
+  }
+  if (result.stale) stale_translations_.Add();
+  return result;
+}
+
+std::optional<FaultReason> Domain::TranslatePage(const Device& device, uint64_t iova, Policy policy,
+                                                 PageTranslation& out) {
+  const bool in_aperture = iova >= config_.aperture_first && iova <= config_.aperture_last;
+  if (in_aperture && policy != Policy::kPassthrough) {
+    if (std::optional<IotlbEntry> hit = iotlb_->Lookup(device.requester(), iova)) {
+      out = {hit->iova, hit->phys, hit->page_size, hit->perms, MappingKind::kTranslated,
+             true,      false};
+      if (policy == Policy::kFast || policy_switches_.load(std::memory_order_acquire) > 0) {
+        // Served as hardware would; the emulator checks whether the mapping
+        // behind it is gone (unmapped, awaiting its batch invalidation).
+        std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova);
+        out.stale = !leaf || leaf->iova != hit->iova || leaf->phys != hit->phys ||
+                    leaf->size != hit->page_size || !(leaf->perms == hit->perms);
+      }
+      return std::nullopt;
+    }
+    const uint64_t token = iotlb_->FillToken();
+    std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova);
+    if (!leaf) return FaultReason::kNotMapped;
+    iotlb_->Insert(token, device.requester(), {leaf->iova, leaf->phys, leaf->size, leaf->perms});
+    out = {leaf->iova, leaf->phys, leaf->size, leaf->perms, MappingKind::kTranslated, false, false};
+    return std::nullopt;
+  }
+  if (policy == Policy::kPassthrough) {
+    // Translated mappings (for PAs the device's mask cannot reach) take
+    // precedence; every other reachable address is identity.
+    if (in_aperture) {
+      if (std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova)) {
+        out = {leaf->iova, leaf->phys, leaf->size, leaf->perms, MappingKind::kTranslated,
+               false,      false};
+        return std::nullopt;
+      }
+    }
+    if (iova < env_.physical_memory_bytes) {
+      const uint64_t page = iova & ~(kPage4K - 1);
+      out = {page, page, kPage4K, Perms{true, true}, MappingKind::kIdentity, false, false};
+      return std::nullopt;
+    }
+    return FaultReason::kNotMapped;
+  }
+  return FaultReason::kOutsideAperture;
+}
+
+TranslateResult Domain::FaultAt(Device& device, uint64_t iova, Access access, FaultReason reason) {
+  TranslateResult result;
+  result.faulted = true;
+  result.fault.domain_id = id();
+  result.fault.device_id = device.id();
+  result.fault.iova = iova;
+  result.fault.access = access;
+  result.fault.reason = reason;
+  result.fault.time = absl::Now();
+  faults_count_.fetch_add(1, std::memory_order_relaxed);
+  if (reason == FaultReason::kNotMapped) {
+    debug_.CountDmaAfterUnmap();
+    device.debug().CountDmaAfterUnmap();
+  }
+  faults_.Record(result.fault);
+  return result;
+}
+
+// ---------------------------------------------------------------- Policy & upkeep
+
+void Domain::SetPolicy(Policy policy) {
+  policy_switches_.fetch_add(1, std::memory_order_acq_rel);
+  const Policy old = policy_.exchange(policy, std::memory_order_acq_rel);
+  if (old != policy) {
+    // Every unmap that read the old policy has queued its ranges once this
+    // grace period ends; the drain then covers them all.
+    env_.reclaimer->Synchronize();
+    if (policy == Policy::kParanoid) flush_queue_.Flush();
+  }
+  policy_switches_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void Domain::Flush() { flush_queue_.Flush(); }
+
+void Domain::Maintain(absl::Time now) {
+  flush_queue_.FlushExpired(now);
+  const int64_t second = absl::ToUnixSeconds(now);
+  int64_t last = last_shrink_second_.load(std::memory_order_relaxed);
+  if (second != last && last_shrink_second_.compare_exchange_strong(last, second)) {
+    allocator_->ShrinkIdleCaches();
+  }
+}
+
+void Domain::InvalidateRequester(uint32_t requester) {
+  const InvalidationDescriptor descriptor =
+      InvalidationDescriptor::Requester(iotlb_.get(), requester);
+  env_.invalidation_queue->Invalidate({&descriptor, 1});
+}
+
+absl::flat_hash_map<uint32_t, LiveMappings> Domain::LiveMappingsByRequester() const {
+  absl::flat_hash_map<uint32_t, LiveMappings> live;
+  page_table_.ForEachLeaf([&](const PageTable::Leaf& leaf) {
+    LiveMappings& owner = live[leaf.owner];
+    owner.bytes += leaf.size;
+    if (leaf.first) ++owner.mappings;
+  });
+  return live;
+}
+
+DomainStats Domain::Stats() const {
+  DomainStats stats;
+  stats.policy = policy();
+  stats.live_mappings = static_cast<uint64_t>(std::max<int64_t>(0, live_mappings_.Value()));
+  stats.maps = static_cast<uint64_t>(maps_.Value());
+  stats.unmaps = static_cast<uint64_t>(unmaps_.Value());
+  stats.translations = static_cast<uint64_t>(translations_.Value());
+  stats.faults = faults_count_.load(std::memory_order_relaxed);
+  stats.stale_translations = static_cast<uint64_t>(stale_translations_.Value());
+  stats.bypass_maps = static_cast<uint64_t>(bypass_maps_.Value());
+  stats.identity_maps = static_cast<uint64_t>(identity_maps_.Value());
+  stats.table_pages = page_table_.table_pages();
+  stats.iotlb = iotlb_->Stats();
+  stats.flush_queue = flush_queue_.Stats();
+  stats.iova = allocator_->Stats();
+  stats.debug = debug_.Snapshot();
+  return stats;
+}
+
+}  // namespace iommu_broker

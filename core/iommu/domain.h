@@ -1,0 +1,224 @@
+// Domain is one emulated I/O address space: an IOVA allocator, a page table,
+// an IOTLB, a flush queue and a policy. It implements map, unmap and
+// translate for the devices attached to it; the Iommu owns domains, resolves
+// devices and holds the epoch guard every call below needs.
+//
+//   Domain::Environment env{...};                       // from the Iommu
+//   auto domain = Domain::Create(config, env);
+//   EpochReclaimer::Guard guard(env.reclaimer);
+//   absl::StatusOr<MapResult> mapped = (*domain)->Map(device, request);
+//   absl::StatusOr<UnmapResult> unmapped = (*domain)->Unmap(device, iova, size);
+//   TranslateResult dma = (*domain)->Translate(device, iova, size, Access::kRead);
+//
+// Policies (BRIEF.md): paranoid unmap clears PTEs, invalidates and frees the
+// IOVA before it returns; fast unmap clears PTEs and queues the range on the
+// flush queue, so until the batch invalidation a translation may hit the
+// stale IOTLB entry (served, marked stale and counted); pt maps IOVA = PA
+// wherever the device's DMA mask reaches, and translates every such address
+// as identity unless a translated mapping covers it.
+//
+// Thread-safety: thread-safe. Map, Unmap, Translate and Flush run
+// concurrently; maps and unmaps of disjoint ranges share no lock. Map,
+// Unmap, Translate and LiveMappingsByRequester need the caller to hold an
+// epoch guard of env.reclaimer; SetPolicy must be called without one.
+#ifndef IOMMU_BROKER_CORE_IOMMU_DOMAIN_H_
+#define IOMMU_BROKER_CORE_IOMMU_DOMAIN_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/iommu/device.h"
+#include "core/iommu/dma_debug.h"
+#include "core/iommu/epoch.h"
+#include "core/iommu/fault_log.h"
+#include "core/iommu/flush_queue.h"
+#include "core/iommu/invalidation_queue.h"
+#include "core/iommu/iotlb.h"
+#include "core/iommu/page_table.h"
+#include "core/iommu/types.h"
+#include "core/iova/iova_allocator.h"
+#include "core/util/striped_counter.h"
+
+namespace iommu_broker {
+
+struct ReservedRegion {
+  uint64_t start = 0;
+  uint64_t size = 0;
+  std::string name;
+};
+
+struct DomainConfig {
+  std::string id = {};
+  Policy policy = Policy::kFast;
+  // Inclusive; granule-aligned as a range; below 2^48. The first page is left
+  // out by default: many drivers treat DMA address 0 as an error.
+  uint64_t aperture_first = kPage4K;
+  uint64_t aperture_last = (uint64_t{1} << kIovaBits) - 1;
+  PageSizeSet page_sizes = kPage4K | kPage2M | kPage1G;
+  IotlbGeometry iotlb = {};
+  FlushQueueOptions flush_queue = {};
+  std::vector<ReservedRegion> reserved = {{0xfee00000, 0x100000, "msi"}};
+  // fast only: map IOVA = PA when that range is free (claimed on the page
+  // table); the allocator then serves only addresses above physical memory.
+  bool identity_first = false;
+  uint64_t max_mappings = uint64_t{1} << 20;
+  // Bypass addresses are base + PA, above the aperture (SPARC / POWER style).
+  uint64_t bypass_window_base = uint64_t{1} << 59;
+  uint32_t iommu_unit = 0;
+};
+
+struct DomainStats {
+  Policy policy = Policy::kFast;
+  uint64_t live_mappings = 0;
+  uint64_t maps = 0;
+  uint64_t unmaps = 0;  // mappings removed
+  uint64_t translations = 0;
+  uint64_t faults = 0;
+  uint64_t stale_translations = 0;
+  uint64_t bypass_maps = 0;
+  uint64_t identity_maps = 0;
+  uint64_t table_pages = 0;
+  IotlbStats iotlb;
+  FlushQueueStats flush_queue;
+  IovaStats iova;
+  DmaDebugCounts debug;
+};
+
+// Live mappings and bytes per requester (leak reports).
+struct LiveMappings {
+  uint64_t mappings = 0;
+  uint64_t bytes = 0;
+};
+
+class Domain final {
+ public:
+  // What the Iommu lends every domain; all must outlive it.
+  struct Environment {
+    uint64_t physical_memory_bytes = 0;
+    EpochReclaimer* reclaimer = nullptr;
+    InvalidationQueue* invalidation_queue = nullptr;  // the domain's IOMMU unit
+    FaultLog* iommu_faults = nullptr;                 // the IOMMU-wide log
+    // Set when unlinked table pages pile up: the Iommu then reclaims them
+    // outside its guard.
+    std::atomic<bool>* reclaim_due = nullptr;
+    size_t fault_log_capacity = 1024;
+  };
+
+  // INVALID_ARGUMENT naming the field if `config` is unusable.
+  static absl::StatusOr<std::unique_ptr<Domain>> Create(const DomainConfig& config,
+                                                        const Environment& env);
+  ~Domain();
+  Domain(const Domain&) = delete;
+  Domain& operator=(const Domain&) = delete;
+
+  const std::string& id() const { return config_.id; }
+  const DomainConfig& config() const { return config_; }
+  Policy policy() const { return policy_.load(std::memory_order_acquire); }
+
+  absl::StatusOr<MapResult> Map(Device& device, const MapRequest& request);
+  absl::StatusOr<UnmapResult> Unmap(Device& device, uint64_t iova, uint64_t size);
+  // Faults are results, not errors; errors are for malformed requests
+  // (ValidateTranslateRange).
+  absl::StatusOr<TranslateResult> Translate(Device& device, uint64_t iova, uint64_t size,
+                                            Access access);
+
+  // INVALID_ARGUMENT unless size is in [1, 16 MiB] and the range does not wrap.
+  static absl::Status ValidateTranslateRange(uint64_t iova, uint64_t size);
+
+  // Switches policy. Leaving fast or pt for paranoid drains the flush queue
+  // after every operation that saw the old policy has finished, so the
+  // paranoid guarantees hold from the moment this returns. No guard held.
+  void SetPolicy(Policy policy);
+  // Invalidates and releases everything on the flush queue.
+  void Flush();
+  // Timer work: flush-queue timeouts, returning idle IOVA caches.
+  // No guard needed.
+  void Maintain(absl::Time now);
+
+  // Drops `requester`'s IOTLB entries (attach / detach).
+  void InvalidateRequester(uint32_t requester);
+  // Live mappings by the requester that mapped them (walks the page table).
+  absl::flat_hash_map<uint32_t, LiveMappings> LiveMappingsByRequester() const;
+
+  FaultLog& faults() { return faults_; }
+  DmaDebugCounters& debug() { return debug_; }
+  DomainStats Stats() const;
+
+ private:
+  Domain(const DomainConfig& config, const Environment& env,
+         std::unique_ptr<IovaAllocator> allocator, std::unique_ptr<Iotlb> iotlb);
+
+  // A translated mapping placed in the page table.
+  struct Placed {
+    uint64_t iova = 0;
+    IovaOrigin origin = IovaOrigin::kAllocated;
+    PageTable::LeafCounts leaves;
+  };
+  // One page's translation, before the access check.
+  struct PageTranslation {
+    uint64_t iova = 0;  // the leaf's base
+    uint64_t phys = 0;
+    uint64_t size = 0;
+    Perms perms;
+    MappingKind kind = MappingKind::kTranslated;
+    bool iotlb_hit = false;
+    bool stale = false;
+  };
+
+  absl::Status ValidateMapRequest(const MapRequest& request) const;
+  // The bypass mapping, or nullopt to translate (with `refusal` saying why
+  // when bypass was preferred but not granted).
+  absl::StatusOr<std::optional<MapResult>> DecideBypass(const Device& device,
+                                                        const MapRequest& request,
+                                                        std::string* refusal) const;
+  absl::StatusOr<Placed> PlaceFixed(const Device& device, const MapRequest& request);
+  absl::StatusOr<Placed> PlaceAnywhere(const Device& device, const MapRequest& request);
+  PageTable::Mapping MappingFor(const Device& device, const MapRequest& request, uint64_t iova,
+                                IovaOrigin origin) const;
+  absl::Status CheckReservedOverlap(uint64_t iova, uint64_t size) const;
+  absl::Status OverlapError(uint64_t iova, uint64_t size) const;
+  absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
+  void InvalidateNow(absl::Span<const PageTable::Removed> removed);
+  void ReleaseIovas(absl::Span<const PageTable::Removed> removed);
+  std::optional<FaultReason> TranslatePage(const Device& device, uint64_t iova, Policy policy,
+                                           PageTranslation& out);
+  TranslateResult FaultAt(Device& device, uint64_t iova, Access access, FaultReason reason);
+  bool InBypassWindow(uint64_t iova, uint64_t size) const;
+
+  const DomainConfig config_;
+  const Environment env_;
+  // Identity claims live in [aperture_first, identity_end_) when
+  // identity_first is set; 0 otherwise.
+  const uint64_t identity_end_;
+  std::atomic<Policy> policy_;
+  // SetPolicy calls between their switch and their drain: translations
+  // keep checking IOTLB hits for staleness meanwhile.
+  std::atomic<int> policy_switches_{0};
+  const std::unique_ptr<IovaAllocator> allocator_;
+  const std::unique_ptr<Iotlb> iotlb_;
+  PageTable page_table_;
+  FlushQueue flush_queue_;
+  FaultLog faults_;
+  DmaDebugCounters debug_;
+  StripedCounter live_mappings_;
+  StripedCounter maps_;
+  StripedCounter unmaps_;
+  StripedCounter translations_;
+  StripedCounter stale_translations_;
+  StripedCounter bypass_maps_;
+  StripedCounter identity_maps_;
+  std::atomic<uint64_t> faults_count_{0};
+  std::atomic<int64_t> last_shrink_second_{0};
+};
+
+}  // namespace iommu_broker
+
+#endif  // IOMMU_BROKER_CORE_IOMMU_DOMAIN_H_

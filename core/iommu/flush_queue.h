@@ -1,0 +1,95 @@
+// FlushQueue is the fast policy's deferred invalidation (Linux's DMA-FQ):
+// unmapped ranges wait here, their PTEs already cleared, until a batch
+// invalidation covers them; only then are their IOVAs released for reuse.
+// A batch runs when a queue fills, when its oldest entry has waited
+// `timeout` (FlushExpired, driven by a timer), or on Flush().
+//
+//   FlushQueue fq(options, iotlb, invalidation_queue,
+//                 [&](absl::Span<const PageTable::Removed> done) { ...free IOVAs... });
+//   fq.Enqueue(removed);          // from unmap; may flush this thread's queue
+//   fq.FlushExpired(absl::Now()); // from the timer
+//   fq.Flush();                   // everything queued before the call is invalidated and released
+//
+// There is one queue per stripe of threads (as Linux has one per CPU), each
+// holding up to `capacity` entries, so unmapping threads do not share a lock.
+// A stripe is invalidated and released under its own lock, so Flush()
+// returning means every entry queued before it has been invalidated.
+//
+// Thread-safety: thread-safe. `release` is called with a stripe lock held
+// and must not call back into the queue.
+#ifndef IOMMU_BROKER_CORE_IOMMU_FLUSH_QUEUE_H_
+#define IOMMU_BROKER_CORE_IOMMU_FLUSH_QUEUE_H_
+
+#include <array>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "core/iommu/invalidation_queue.h"
+#include "core/iommu/iotlb.h"
+#include "core/iommu/page_table.h"
+
+namespace iommu_broker {
+
+// Appends the invalidations that cover a removed mapping: one range
+// descriptor per leaf size it used, since hardware matches invalidations
+// against the leaf size that was mapped.
+void AppendInvalidations(const PageTable::Removed& removed, Iotlb& iotlb,
+                         std::vector<InvalidationDescriptor>& descriptors);
+
+struct FlushQueueOptions {
+  size_t capacity = 256;                            // entries per queue
+  absl::Duration timeout = absl::Milliseconds(10);  // longest wait before a batch
+};
+
+struct FlushQueueStats {
+  uint64_t queued = 0;            // ranges ever queued
+  uint64_t pending = 0;           // ranges waiting now
+  uint64_t full_flushes = 0;      // batches because a queue filled
+  uint64_t timeout_flushes = 0;   // batches because the oldest entry timed out
+  uint64_t explicit_flushes = 0;  // batches from Flush()
+};
+
+class FlushQueue final {
+ public:
+  using Release = absl::AnyInvocable<void(absl::Span<const PageTable::Removed>)>;
+
+  FlushQueue(FlushQueueOptions options, Iotlb& iotlb, InvalidationQueue& invalidation_queue,
+             Release release);
+  FlushQueue(const FlushQueue&) = delete;
+  FlushQueue& operator=(const FlushQueue&) = delete;
+
+  void Enqueue(const PageTable::Removed& removed);
+  void Flush();
+  void FlushExpired(absl::Time now);
+
+  FlushQueueStats Stats() const;
+
+ private:
+  static constexpr size_t kStripes = 8;
+  enum class Reason { kFull, kTimeout, kExplicit };
+
+  struct alignas(64) Stripe {
+    mutable std::mutex mutex;
+    std::vector<PageTable::Removed> entries ABSL_GUARDED_BY(mutex);
+    absl::Time oldest ABSL_GUARDED_BY(mutex);  // when the first entry arrived
+    uint64_t queued ABSL_GUARDED_BY(mutex) = 0;
+    std::array<uint64_t, 3> flushes ABSL_GUARDED_BY(mutex) = {};  // by Reason
+  };
+
+  void FlushStripe(Stripe& stripe, Reason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
+
+  const FlushQueueOptions options_;
+  Iotlb& iotlb_;
+  InvalidationQueue& invalidation_queue_;
+  Release release_;
+  std::array<Stripe, kStripes> stripes_;
+};
+
+}  // namespace iommu_broker
+
+#endif  // IOMMU_BROKER_CORE_IOMMU_FLUSH_QUEUE_H_

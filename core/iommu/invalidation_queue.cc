@@ -1,0 +1,152 @@
+#include "core/iommu/invalidation_queue.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "core/iommu/iotlb.h"
+
+namespace iommu_broker {
+namespace {
+
+// Longest cost one batch busy-waits; keeps the deadline arithmetic in range
+// should a caller configure an absurd (say, infinite) cost.
+constexpr absl::Duration kMaxBatchCost = absl::Hours(24);
+
+uint64_t NanosOf(std::chrono::steady_clock::duration duration) {
+  const int64_t nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(duration).count();
+  return nanos > 0 ? static_cast<uint64_t>(nanos) : 0;
+}
+
+void Apply(const InvalidationDescriptor& descriptor) {
+  if (descriptor.iotlb == nullptr) return;
+  switch (descriptor.kind) {
+    case InvalidationDescriptor::Kind::kRange:
+      descriptor.iotlb->InvalidateRange(descriptor.iova, descriptor.size, descriptor.granule);
+      break;
+    case InvalidationDescriptor::Kind::kRequester:
+      descriptor.iotlb->InvalidateRequester(descriptor.requester);
+      break;
+    case InvalidationDescriptor::Kind::kDomain:
+      descriptor.iotlb->InvalidateAll();
+      break;
+  }
+}
+
+}  // namespace
+
+InvalidationQueue::InvalidationQueue(InvalidationQueueOptions options)
+    : combine_(options.combine),
+      max_batch_descriptors_(options.max_batch_descriptors),
+      cost_(options.cost) {}
+
+void InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> descriptors) {
+  const auto start = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (combine_) {
+    // Our descriptors ride in the open batch, which cannot have started yet.
+    // Whoever finds the queue idle executes the open batch for everyone in it.
+    open_batch_.insert(open_batch_.end(), descriptors.begin(), descriptors.end());
+    const uint64_t mine = open_batch_number_;
+    while (completed_batch_number_ < mine) {
+      if (executing_) {
+        batch_done_.wait(lock);
+        continue;
+      }
+      std::vector<InvalidationDescriptor> batch;
+      batch.swap(open_batch_);
+      const uint64_t number = open_batch_number_++;
+      const InvalidationCost cost = cost_;
+      executing_ = true;
+      lock.unlock();
+      const BatchResult result = Execute(batch, cost);
+      lock.lock();
+      completed_batch_number_ = number;
+      executing_ = false;
+      RecordBatch(result);
+      batch_done_.notify_all();
+    }
+  } else {
+    // Naive strict invalidation: our own batch, after everyone else's.
+    batch_done_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return !executing_; });
+    std::vector<InvalidationDescriptor> batch(descriptors.begin(), descriptors.end());
+    const uint64_t number = open_batch_number_++;
+    const InvalidationCost cost = cost_;
+    executing_ = true;
+    lock.unlock();
+    const BatchResult result = Execute(batch, cost);
+    lock.lock();
+    completed_batch_number_ = number;
+    executing_ = false;
+    RecordBatch(result);
+    batch_done_.notify_all();
+  }
+  ++stats_.calls;
+  stats_.wait_nanos += NanosOf(std::chrono::steady_clock::now() - start);
+}
+
+InvalidationQueue::BatchResult InvalidationQueue::Execute(
+    std::vector<InvalidationDescriptor>& batch, InvalidationCost cost) {
+  const absl::Duration fixed = std::max(cost.fixed, absl::ZeroDuration());
+  const absl::Duration per_descriptor = std::max(cost.per_descriptor, absl::ZeroDuration());
+  const bool timed = fixed > absl::ZeroDuration() || per_descriptor > absl::ZeroDuration();
+  std::chrono::steady_clock::time_point started;
+  if (timed) started = std::chrono::steady_clock::now();
+
+  BatchResult result;
+  if (batch.size() > max_batch_descriptors_) {
+    // Too many to walk: drop each IOTLB the batch touches instead.
+    std::vector<Iotlb*> iotlbs;
+    iotlbs.reserve(batch.size());
+    for (const InvalidationDescriptor& descriptor : batch) {
+      if (descriptor.iotlb != nullptr) iotlbs.push_back(descriptor.iotlb);
+    }
+    std::sort(iotlbs.begin(), iotlbs.end());
+    iotlbs.erase(std::unique(iotlbs.begin(), iotlbs.end()), iotlbs.end());
+    batch.clear();
+    for (Iotlb* iotlb : iotlbs) batch.push_back(InvalidationDescriptor::Domain(iotlb));
+    result.promoted = true;
+  }
+  for (const InvalidationDescriptor& descriptor : batch) Apply(descriptor);
+  result.descriptors = batch.size();
+
+  if (timed) {
+    const absl::Duration total =
+        std::min(fixed + per_descriptor * static_cast<int64_t>(result.descriptors), kMaxBatchCost);
+    result.busy_nanos = static_cast<uint64_t>(absl::ToInt64Nanoseconds(total));
+    // Spin, as a driver polling a wait descriptor does: the CPU is busy.
+    const auto deadline = started + absl::ToChronoNanoseconds(total);
+    while (std::chrono::steady_clock::now() < deadline) {
+    }
+  }
+  return result;
+}
+
+void InvalidationQueue::RecordBatch(const BatchResult& result) {
+  ++stats_.batches;
+  stats_.descriptors += result.descriptors;
+  if (result.promoted) ++stats_.promoted_batches;
+  stats_.busy_nanos += result.busy_nanos;
+}
+
+void InvalidationQueue::SetCost(InvalidationCost cost) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cost_ = cost;
+}
+
+InvalidationCost InvalidationQueue::cost() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cost_;
+}
+
+InvalidationQueueStats InvalidationQueue::Stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+}  // namespace iommu_broker

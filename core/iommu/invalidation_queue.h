@@ -1,0 +1,123 @@
+// InvalidationQueue emulates one IOMMU unit's invalidation queue, shared by
+// every domain on that unit. Software posts invalidation descriptors and
+// waits for them to complete; the emulated hardware makes the CPU wait a
+// configurable cost (fixed per batch plus per descriptor, busy-waiting as a
+// driver spinning on a wait descriptor does), and executes one batch at a
+// time, so concurrent flushes wait for each other as they do on hardware.
+//
+//   InvalidationQueue queue({.fixed = absl::Microseconds(1)});
+//   queue.Invalidate({InvalidationDescriptor::Range(&iotlb, iova, size, kPage4K)});
+//
+// Flush combining: descriptors posted while a batch runs go into the next
+// batch, which one of the waiting callers then executes for all of them.
+// Every caller returns only after a batch that started after its call has
+// completed, which is exactly what strict (paranoid) unmap needs. A batch
+// holding more than `max_batch_descriptors` descriptors is executed as one
+// whole-domain invalidation per domain it touches instead (hardware caches
+// are cheaper to drop than to walk once churn is high).
+//
+// Thread-safety: thread-safe. The IOTLBs named by descriptors must outlive
+// the Invalidate call that names them.
+#ifndef IOMMU_BROKER_CORE_IOMMU_INVALIDATION_QUEUE_H_
+#define IOMMU_BROKER_CORE_IOMMU_INVALIDATION_QUEUE_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "core/iommu/iotlb.h"
+
+namespace iommu_broker {
+
+// What one invalidation batch costs the CPU that waits for it.
+struct InvalidationCost {
+  absl::Duration fixed = absl::ZeroDuration();           // per batch (queue round trip)
+  absl::Duration per_descriptor = absl::ZeroDuration();  // per descriptor executed
+};
+
+struct InvalidationDescriptor {
+  enum class Kind { kRange, kRequester, kDomain };
+
+  static InvalidationDescriptor Range(Iotlb* iotlb, uint64_t iova, uint64_t size,
+                                      uint64_t granule) {
+    return {Kind::kRange, iotlb, iova, size, granule, 0};
+  }
+  static InvalidationDescriptor Requester(Iotlb* iotlb, uint32_t requester) {
+    return {Kind::kRequester, iotlb, 0, 0, 0, requester};
+  }
+  static InvalidationDescriptor Domain(Iotlb* iotlb) { return {Kind::kDomain, iotlb, 0, 0, 0, 0}; }
+
+  Kind kind = Kind::kDomain;
+  Iotlb* iotlb = nullptr;  // the domain's IOTLB
+  uint64_t iova = 0;       // kRange
+  uint64_t size = 0;       // kRange
+  uint64_t granule = 0;    // kRange: the leaf size that was mapped
+  uint32_t requester = 0;  // kRequester
+};
+
+struct InvalidationQueueOptions {
+  InvalidationCost cost;
+  // false: every Invalidate call runs its own batch, one after another
+  // (naive strict invalidation; the benchmarks' baseline).
+  bool combine = true;
+  size_t max_batch_descriptors = 64;
+};
+
+struct InvalidationQueueStats {
+  uint64_t calls = 0;             // Invalidate calls completed
+  uint64_t batches = 0;           // batches executed
+  uint64_t descriptors = 0;       // descriptors executed (after domain promotion)
+  uint64_t promoted_batches = 0;  // batches turned into whole-domain invalidations
+  uint64_t busy_nanos = 0;        // emulated hardware time, summed
+  uint64_t wait_nanos = 0;        // callers' time in Invalidate, summed (flush latency)
+};
+
+class InvalidationQueue final {
+ public:
+  explicit InvalidationQueue(InvalidationQueueOptions options);
+  InvalidationQueue(const InvalidationQueue&) = delete;
+  InvalidationQueue& operator=(const InvalidationQueue&) = delete;
+
+  // Executes `descriptors` (possibly with other callers') in a batch that
+  // starts after this call, and returns when that batch has completed.
+  // An empty span still waits for a batch (a pure completion barrier).
+  void Invalidate(absl::Span<const InvalidationDescriptor> descriptors);
+
+  void SetCost(InvalidationCost cost);
+  InvalidationCost cost() const;
+  InvalidationQueueStats Stats() const;
+
+ private:
+  // What executing one batch did, for the stats.
+  struct BatchResult {
+    uint64_t descriptors = 0;  // executed, after promotion
+    bool promoted = false;
+    uint64_t busy_nanos = 0;  // emulated cost
+  };
+
+  // Runs one batch without holding mutex_: applies the descriptors (promoted
+  // to whole-domain ones if there are too many), then busy-waits its cost.
+  BatchResult Execute(std::vector<InvalidationDescriptor>& batch, InvalidationCost cost);
+  // Adds one executed batch to stats_.
+  void RecordBatch(const BatchResult& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const bool combine_;
+  const size_t max_batch_descriptors_;
+  mutable std::mutex mutex_;
+  std::condition_variable batch_done_;
+  InvalidationCost cost_ ABSL_GUARDED_BY(mutex_);
+  // Descriptors waiting for the next batch, and that batch's number.
+  std::vector<InvalidationDescriptor> open_batch_ ABSL_GUARDED_BY(mutex_);
+  uint64_t open_batch_number_ ABSL_GUARDED_BY(mutex_) = 1;
+  uint64_t completed_batch_number_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool executing_ ABSL_GUARDED_BY(mutex_) = false;
+  InvalidationQueueStats stats_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace iommu_broker
+
+#endif  // IOMMU_BROKER_CORE_IOMMU_INVALIDATION_QUEUE_H_

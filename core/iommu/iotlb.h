@@ -1,0 +1,137 @@
+// Iotlb emulates one domain's IOTLB: a set-associative cache of leaf
+// translations, each entry tagged with the requester (device) that filled it
+// and the page size that was mapped, so a 2 MiB leaf is one entry and is
+// invalidated by one probe.
+//
+//   std::unique_ptr<Iotlb> iotlb = *Iotlb::Create({.sets = 64, .ways = 8}, kPage4K | kPage2M);
+//   uint64_t token = iotlb->FillToken();            // before walking the table
+//   ... walk, find leaf ...
+//   iotlb->Insert(token, requester, leaf);          // dropped if an invalidation ran since
+//   std::optional<IotlbEntry> hit = iotlb->Lookup(requester, iova);
+//   iotlb->InvalidateRange(iova, size, kPage4K);    // entries of that size in the range
+//
+// Fill versus invalidation: hardware finishes in-flight walks before an
+// invalidation completes. Here a walk that started before an invalidation
+// must not insert what it read afterwards, so Insert takes the token read
+// before the walk and drops the entry if any invalidation began since.
+//
+// Thread-safety: thread-safe. Lookups are lock-free (a seqlock per set);
+// inserts and invalidations take a per-set spin lock, never a shared one.
+#ifndef IOMMU_BROKER_CORE_IOMMU_IOTLB_H_
+#define IOMMU_BROKER_CORE_IOMMU_IOTLB_H_
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "core/iommu/types.h"
+#include "core/util/striped_counter.h"
+
+namespace iommu_broker {
+
+struct IotlbGeometry {
+  uint32_t sets = 64;  // a power of two, 1..65536
+  uint32_t ways = 8;   // 1..64
+};
+
+// A cached leaf: [iova, iova + page_size) -> [phys, phys + page_size).
+struct IotlbEntry {
+  uint64_t iova = 0;  // aligned to page_size
+  uint64_t phys = 0;  // aligned to page_size
+  uint64_t page_size = kPage4K;
+  Perms perms;
+};
+
+struct IotlbStats {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t inserts = 0;
+  uint64_t dropped_fills = 0;        // inserts refused by a newer invalidation
+  uint64_t invalidated_entries = 0;  // valid entries removed by invalidations
+  uint64_t evictions = 0;            // valid entries replaced by inserts
+};
+
+class Iotlb final {
+ public:
+  // Requester ids are in [1, kMaxRequester]; 0 is never valid.
+  static constexpr uint32_t kMaxRequester = 4095;
+
+  // INVALID_ARGUMENT naming the field if the geometry is out of range or
+  // `page_sizes` holds anything but 4 KiB, 2 MiB and 1 GiB (4 KiB required).
+  static absl::StatusOr<std::unique_ptr<Iotlb>> Create(IotlbGeometry geometry,
+                                                       PageSizeSet page_sizes);
+  ~Iotlb();
+  Iotlb(const Iotlb&) = delete;
+  Iotlb& operator=(const Iotlb&) = delete;
+
+  // The entry of `requester` covering `iova`, probing each page size the
+  // domain supports; counts a hit or a miss.
+  std::optional<IotlbEntry> Lookup(uint32_t requester, uint64_t iova);
+
+  // Read before a page walk whose result will be inserted.
+  uint64_t FillToken() const;
+  // Caches `entry` for `requester` unless an invalidation began after
+  // `token` was read. Replaces an invalid way first, else round-robin.
+  void Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry);
+
+  // Removes every entry of size `granule` (any requester) whose page lies in
+  // [iova, iova + size): one probe per granule-sized page, or one sweep of
+  // the whole cache when that is fewer entries to look at.
+  void InvalidateRange(uint64_t iova, uint64_t size, uint64_t granule);
+  // Removes every entry that `requester` filled.
+  void InvalidateRequester(uint32_t requester);
+  // Removes every entry.
+  void InvalidateAll();
+
+  IotlbGeometry geometry() const { return geometry_; }
+  IotlbStats Stats() const;
+
+ private:
+  // One cache line of a set's storage. A set is `lines_per_set_` whole lines
+  // of 64-bit words (see iotlb.cc for the layout), so no two sets share a line.
+  struct Line;
+
+  Iotlb(IotlbGeometry geometry, PageSizeSet page_sizes);
+
+  // The word `index` of the set whose first line is `set`.
+  static std::atomic<uint64_t>& Word(Line* set, uint32_t index);
+  // The set caching a page of size 1 << shift.
+  Line* SetOf(uint64_t page_number, unsigned shift) const;
+  // The way of `set` holding `tag`, or -1. Loads the tags with `order`.
+  int FindWay(Line* set, uint64_t tag, std::memory_order order) const;
+  // A seqlock read: true and the value word if `set` holds `tag`.
+  bool Probe(Line* set, uint64_t tag, uint64_t* value) const;
+  // The set's spin lock: returns the (even) sequence it was locked at.
+  static uint64_t LockSet(Line* set);
+  static void UnlockSet(Line* set, uint64_t locked_at, bool modified);
+  // Under the set's lock, clears every valid way whose tag satisfies `match`
+  // (a function of the tag word); returns how many.
+  template <typename Match>
+  uint64_t InvalidateInSet(Line* set, const Match& match);
+  template <typename Match>
+  void InvalidateEverywhere(const Match& match);
+
+  const IotlbGeometry geometry_;
+  const PageSizeSet page_sizes_;
+  const uint32_t lines_per_set_;
+  // Page shifts Lookup probes, smallest first; num_probe_shifts_ are used.
+  std::array<uint8_t, 3> probe_shifts_{};
+  int num_probe_shifts_ = 0;
+  std::unique_ptr<Line[]> lines_;
+  // Bumped when any invalidation begins (see FillToken).
+  std::atomic<uint64_t> invalidations_begun_{0};
+  StripedCounter hits_;
+  StripedCounter misses_;
+  StripedCounter inserts_;
+  StripedCounter dropped_fills_;
+  StripedCounter invalidated_entries_;
+  StripedCounter evictions_;
+};
+
+}  // namespace iommu_broker
+
+#endif  // IOMMU_BROKER_CORE_IOMMU_IOTLB_H_
