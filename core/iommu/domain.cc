@@ -152,7 +152,6 @@ absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request)
     live_mappings_.Add(-1);
     return placed.status();
   }
-  maps_.Add();
   result.iova = placed->iova;
   if (placed->origin == IovaOrigin::kClaimed && placed->iova == request.phys) {
     result.kind = MappingKind::kIdentity;
@@ -360,11 +359,24 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   // Nothing is mapped at or above 2^48. Clamping there also keeps a range
   // that ends exactly at 2^64 from wrapping `end` to 0.
   const uint64_t end = std::min(iova + (size - 1), kIovaLimit - 1) + 1;
-  if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) return status;
-
   absl::InlinedVector<PageTable::Removed, 1> removed;
   UnmapResult result;
-  for (uint64_t cursor = iova; cursor < end;) {
+  // The DMA-API case: the range is exactly one single-leaf mapping. One walk
+  // finds it; the boundary checks and the range scan are for everything else.
+  if (std::optional<PageTable::Leaf> head = page_table_.Lookup(iova);
+      head && head->first && head->last && head->iova == iova && head->size == end - iova) {
+    if (std::optional<PageTable::Removed> gone = page_table_.Remove(iova, end)) {
+      if (gone->reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
+      removed.push_back(*gone);
+      result.bytes_unmapped = gone->size;
+    }
+  }
+  if (removed.empty()) {
+    if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) {
+      return status;
+    }
+  }
+  for (uint64_t cursor = removed.empty() ? iova : end; cursor < end;) {
     std::optional<PageTable::Leaf> leaf = page_table_.FindLeaf(cursor, end);
     if (!leaf) break;
     cursor = leaf->iova + leaf->size;
@@ -617,8 +629,8 @@ DomainStats Domain::Stats() const {
   DomainStats stats;
   stats.policy = policy();
   stats.live_mappings = static_cast<uint64_t>(std::max<int64_t>(0, live_mappings_.Value()));
-  stats.maps = static_cast<uint64_t>(maps_.Value());
   stats.unmaps = static_cast<uint64_t>(unmaps_.Value());
+  stats.maps = stats.live_mappings + stats.unmaps;  // every translated map is live or unmapped
   stats.translations = static_cast<uint64_t>(translations_.Value());
   stats.faults = faults_count_.load(std::memory_order_relaxed);
   stats.stale_translations = static_cast<uint64_t>(stale_translations_.Value());

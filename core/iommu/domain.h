@@ -209,7 +209,6 @@ class Domain final {
   FaultLog faults_;
   DmaDebugCounters debug_;
   StripedCounter live_mappings_;
-  StripedCounter maps_;
   StripedCounter unmaps_;
   StripedCounter translations_;
   StripedCounter stale_translations_;

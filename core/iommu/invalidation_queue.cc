@@ -55,7 +55,7 @@ void InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> desc
     const uint64_t mine = open_batch_number_;
     while (completed_batch_number_ < mine) {
       if (executing_) {
-        batch_done_.wait(lock);
+        AwaitBatchEnd(lock);
         continue;
       }
       std::vector<InvalidationDescriptor> batch;
@@ -67,13 +67,14 @@ void InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> desc
       const BatchResult result = Execute(batch, cost);
       lock.lock();
       completed_batch_number_ = number;
+      completed_batches_.store(number, std::memory_order_release);
       executing_ = false;
       RecordBatch(result);
       batch_done_.notify_all();
     }
   } else {
     // Naive strict invalidation: our own batch, after everyone else's.
-    batch_done_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return !executing_; });
+    while (executing_) AwaitBatchEnd(lock);
     std::vector<InvalidationDescriptor> batch(descriptors.begin(), descriptors.end());
     const uint64_t number = open_batch_number_++;
     const InvalidationCost cost = cost_;
@@ -82,12 +83,27 @@ void InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> desc
     const BatchResult result = Execute(batch, cost);
     lock.lock();
     completed_batch_number_ = number;
+    completed_batches_.store(number, std::memory_order_release);
     executing_ = false;
     RecordBatch(result);
     batch_done_.notify_all();
   }
   ++stats_.calls;
   stats_.wait_nanos += NanosOf(std::chrono::steady_clock::now() - start);
+}
+
+void InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock) {
+  constexpr int kSpins = 2000;  // a few microseconds of pause instructions
+  const uint64_t seen = completed_batch_number_;
+  lock.unlock();
+  for (int spin = 0; spin < kSpins && completed_batches_.load(std::memory_order_acquire) == seen;
+       ++spin) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  lock.lock();
+  if (executing_ && completed_batch_number_ == seen) batch_done_.wait(lock);
 }
 
 InvalidationQueue::BatchResult InvalidationQueue::Execute(

@@ -21,6 +21,7 @@
 #ifndef IOMMU_BROKER_CORE_IOMMU_INVALIDATION_QUEUE_H_
 #define IOMMU_BROKER_CORE_IOMMU_INVALIDATION_QUEUE_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -101,6 +102,10 @@ class InvalidationQueue final {
 
   // Runs one batch without holding mutex_: applies the descriptors (promoted
   // to whole-domain ones if there are too many), then busy-waits its cost.
+  // Waits for the batch now executing to end: spins briefly (a batch takes
+  // microseconds, a futex wake-up on a virtual machine can take longer),
+  // then sleeps.
+  void AwaitBatchEnd(std::unique_lock<std::mutex>& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   BatchResult Execute(std::vector<InvalidationDescriptor>& batch, InvalidationCost cost);
   // Adds one executed batch to stats_.
   void RecordBatch(const BatchResult& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -114,6 +119,8 @@ class InvalidationQueue final {
   std::vector<InvalidationDescriptor> open_batch_ ABSL_GUARDED_BY(mutex_);
   uint64_t open_batch_number_ ABSL_GUARDED_BY(mutex_) = 1;
   uint64_t completed_batch_number_ ABSL_GUARDED_BY(mutex_) = 0;
+  // completed_batch_number_, readable without the mutex (for spinning).
+  std::atomic<uint64_t> completed_batches_{0};
   bool executing_ ABSL_GUARDED_BY(mutex_) = false;
   InvalidationQueueStats stats_ ABSL_GUARDED_BY(mutex_);
 };

@@ -141,6 +141,7 @@ class PageTable::Installer final {
     uint64_t leaf;  // the value to publish
     uint64_t size;
     uint64_t undo = 0;  // the value to restore on failure: 0, or a replaced table
+    bool published = false;
   };
   struct Replaced {
     uint64_t table;  // the empty table entry the leaf replaces
@@ -148,7 +149,7 @@ class PageTable::Installer final {
   };
 
   static void Publish(const ClaimedSlot& claim, LeafCounts& counts) {
-    claim.slot->store(claim.leaf, std::memory_order_release);
+    if (!claim.published) claim.slot->store(claim.leaf, std::memory_order_release);
     CountLeaf(claim.size, counts);
   }
 
@@ -180,8 +181,13 @@ class PageTable::Installer final {
 
   bool ClaimLeaf(std::atomic<uint64_t>& slot, uint64_t cur, int level) {
     uint64_t expected = 0;
-    if (slot.compare_exchange_strong(expected, claimed_, std::memory_order_seq_cst)) {
-      claims_.push_back({&slot, LeafEntry(cur, level), Span(level)});
+    const uint64_t leaf = LeafEntry(cur, level);
+    // A single-leaf mapping has nothing to publish in order: claim it with
+    // its final value, one write instead of two.
+    const bool whole = cur == mapping_.iova && Span(level) == mapping_.size;
+    if (slot.compare_exchange_strong(expected, whole ? leaf : claimed_,
+                                     std::memory_order_seq_cst)) {
+      claims_.push_back({&slot, leaf, Span(level), 0, whole});
       return true;
     }
     if (!(expected & kTable)) return false;

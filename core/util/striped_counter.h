@@ -14,20 +14,22 @@
 #ifndef IOMMU_BROKER_CORE_UTIL_STRIPED_COUNTER_H_
 #define IOMMU_BROKER_CORE_UTIL_STRIPED_COUNTER_H_
 
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <thread>
 
 namespace iommu_broker {
 
-// The stripe a thread uses in every StripedCounter; threads spread over
-// stripes by a hash of their id, computed once per thread.
+// The stripe a thread uses in every StripedCounter (and other per-stripe
+// structures). Threads are spread by their kernel thread id, read once per
+// thread: ids of threads started one after another are consecutive, so a
+// handful of threads always land on distinct stripes.
 inline size_t ThisThreadStripe(size_t stripes) {
-  thread_local const size_t hash = std::hash<std::thread::id>()(std::this_thread::get_id());
-  return (hash ^ (hash >> 17)) % stripes;
+  thread_local const size_t tid = static_cast<size_t>(gettid());
+  return tid % stripes;
 }
 
 class StripedCounter final {
