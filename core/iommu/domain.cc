@@ -359,44 +359,21 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   // Nothing is mapped at or above 2^48. Clamping there also keeps a range
   // that ends exactly at 2^64 from wrapping `end` to 0.
   const uint64_t end = std::min(iova + (size - 1), kIovaLimit - 1) + 1;
-  absl::InlinedVector<PageTable::Removed, 1> removed;
-  UnmapResult result;
-  // The DMA-API case: the range is exactly one single-leaf mapping. One walk
-  // finds it; the boundary checks and the range scan are for everything else.
-  if (std::optional<PageTable::Leaf> head = page_table_.Lookup(iova);
-      head && head->first && head->last && head->iova == iova && head->size == end - iova) {
-    if (std::optional<PageTable::Removed> gone = page_table_.Remove(iova, end)) {
-      if (gone->reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
-      removed.push_back(*gone);
-      result.bytes_unmapped = gone->size;
-    }
-  }
-  if (removed.empty()) {
-    if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) {
-      return status;
-    }
-  }
-  for (uint64_t cursor = removed.empty() ? iova : end; cursor < end;) {
-    std::optional<PageTable::Leaf> leaf = page_table_.FindLeaf(cursor, end);
-    if (!leaf) break;
-    cursor = leaf->iova + leaf->size;
-    if (!leaf->first) continue;  // a mapping being built or removed by another thread
-    if (std::optional<PageTable::Removed> gone = page_table_.Remove(leaf->iova, end)) {
-      if (gone->reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
-      removed.push_back(*gone);
-      result.bytes_unmapped += gone->size;
-      cursor = gone->iova + gone->size;
-    }
-  }
   const Policy current = policy();
+  absl::InlinedVector<PageTable::Removed, 1> removed;
+  if (absl::Status status = RemoveMappings(device, iova, end, removed); !status.ok()) {
+    return status;
+  }
   if (removed.empty()) {
     if (current != Policy::kPassthrough) {  // pt identity maps have nothing to unmap
       debug_.CountDoubleUnmap();
       device.debug().CountDoubleUnmap();
     }
-    return result;
+    return UnmapResult{};
   }
+  UnmapResult result;
   result.mappings_removed = removed.size();
+  for (const PageTable::Removed& gone : removed) result.bytes_unmapped += gone.size;
   live_mappings_.Add(-static_cast<int64_t>(removed.size()));
   unmaps_.Add(static_cast<int64_t>(removed.size()));
   if (current == Policy::kParanoid) {
@@ -406,6 +383,35 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
     for (const PageTable::Removed& gone : removed) flush_queue_.Enqueue(gone);
   }
   return result;
+}
+
+absl::Status Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end,
+                                    absl::InlinedVector<PageTable::Removed, 1>& removed) {
+  auto take = [&](const PageTable::Removed& gone) {
+    if (gone.reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
+    removed.push_back(gone);
+  };
+  // The DMA-API case: the range is exactly one single-leaf mapping. One walk
+  // finds it; the boundary checks and the range scan are for everything else.
+  if (std::optional<PageTable::Leaf> head = page_table_.Lookup(iova);
+      head && head->first && head->last && head->iova == iova && head->size == end - iova) {
+    if (std::optional<PageTable::Removed> gone = page_table_.Remove(iova, end)) {
+      take(*gone);
+      return absl::OkStatus();
+    }
+  }
+  if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) return status;
+  for (uint64_t cursor = iova; cursor < end;) {
+    std::optional<PageTable::Leaf> leaf = page_table_.FindLeaf(cursor, end);
+    if (!leaf) break;
+    cursor = leaf->iova + leaf->size;
+    if (!leaf->first) continue;  // a mapping being built or removed by another thread
+    if (std::optional<PageTable::Removed> gone = page_table_.Remove(leaf->iova, end)) {
+      take(*gone);
+      cursor = gone->iova + gone->size;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Domain::CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end) {

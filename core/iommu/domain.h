@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -185,6 +186,10 @@ class Domain final {
                                 IovaOrigin origin) const;
   absl::Status CheckReservedOverlap(uint64_t iova, uint64_t size) const;
   absl::Status OverlapError(uint64_t iova, uint64_t size) const;
+  // Removes the mappings wholly inside [iova, end) into `removed`, or
+  // refuses (changing nothing) if the range would split one.
+  absl::Status RemoveMappings(Device& device, uint64_t iova, uint64_t end,
+                              absl::InlinedVector<PageTable::Removed, 1>& removed);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
   void InvalidateNow(absl::Span<const PageTable::Removed> removed);
   void ReleaseIovas(absl::Span<const PageTable::Removed> removed);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -17,6 +18,8 @@ namespace {
 // Longest cost one batch busy-waits; keeps the deadline arithmetic in range
 // should a caller configure an absurd (say, infinite) cost.
 constexpr absl::Duration kMaxBatchCost = absl::Hours(24);
+// The longest a leader waits for company (see GatherOthers).
+constexpr absl::Duration kMaxGather = absl::Microseconds(5);
 
 uint64_t NanosOf(std::chrono::steady_clock::duration duration) {
   const int64_t nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(duration).count();
@@ -52,44 +55,62 @@ void InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> desc
     // Our descriptors ride in the open batch, which cannot have started yet.
     // Whoever finds the queue idle executes the open batch for everyone in it.
     open_batch_.insert(open_batch_.end(), descriptors.begin(), descriptors.end());
+    posted_.fetch_add(1, std::memory_order_release);
     const uint64_t mine = open_batch_number_;
+    bool gathered = false;
     while (completed_batch_number_ < mine) {
       if (executing_) {
         AwaitBatchEnd(lock);
         continue;
       }
+      if (!gathered && last_leader_ != std::this_thread::get_id() &&
+          last_leader_ != std::thread::id() && cost_.fixed > absl::ZeroDuration()) {
+        gathered = true;
+        GatherOthers(lock);
+        continue;  // someone else may have run the batch meanwhile
+      }
       std::vector<InvalidationDescriptor> batch;
       batch.swap(open_batch_);
-      const uint64_t number = open_batch_number_++;
-      const InvalidationCost cost = cost_;
-      executing_ = true;
-      lock.unlock();
-      const BatchResult result = Execute(batch, cost);
-      lock.lock();
-      completed_batch_number_ = number;
-      completed_batches_.store(number, std::memory_order_release);
-      executing_ = false;
-      RecordBatch(result);
-      batch_done_.notify_all();
+      RunBatch(lock, batch);
     }
   } else {
     // Naive strict invalidation: our own batch, after everyone else's.
     while (executing_) AwaitBatchEnd(lock);
     std::vector<InvalidationDescriptor> batch(descriptors.begin(), descriptors.end());
-    const uint64_t number = open_batch_number_++;
-    const InvalidationCost cost = cost_;
-    executing_ = true;
-    lock.unlock();
-    const BatchResult result = Execute(batch, cost);
-    lock.lock();
-    completed_batch_number_ = number;
-    completed_batches_.store(number, std::memory_order_release);
-    executing_ = false;
-    RecordBatch(result);
-    batch_done_.notify_all();
+    RunBatch(lock, batch);
   }
   ++stats_.calls;
   stats_.wait_nanos += NanosOf(std::chrono::steady_clock::now() - start);
+}
+
+void InvalidationQueue::RunBatch(std::unique_lock<std::mutex>& lock,
+                                 std::vector<InvalidationDescriptor>& batch) {
+  const uint64_t number = open_batch_number_++;
+  const InvalidationCost cost = cost_;
+  last_leader_ = std::this_thread::get_id();
+  executing_ = true;
+  lock.unlock();
+  const BatchResult result = Execute(batch, cost);
+  lock.lock();
+  completed_batch_number_ = number;
+  completed_batches_.store(number, std::memory_order_release);
+  executing_ = false;
+  RecordBatch(result);
+  batch_done_.notify_all();
+}
+
+void InvalidationQueue::GatherOthers(std::unique_lock<std::mutex>& lock) {
+  const uint64_t seen = posted_.load(std::memory_order_acquire);
+  const auto deadline = std::chrono::steady_clock::now() +
+                        absl::ToChronoNanoseconds(std::min(cost_.fixed / 2, kMaxGather));
+  lock.unlock();
+  while (posted_.load(std::memory_order_acquire) == seen &&
+         std::chrono::steady_clock::now() < deadline) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  lock.lock();
 }
 
 void InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock) {

@@ -10,6 +10,9 @@
 //
 // Flush combining: descriptors posted while a batch runs go into the next
 // batch, which one of the waiting callers then executes for all of them.
+// When callers take turns (each arriving just after the other's batch
+// started), the next leader first waits up to half the fixed cost for
+// another caller to join.
 // Every caller returns only after a batch that started after its call has
 // completed, which is exactly what strict (paranoid) unmap needs. A batch
 // holding more than `max_batch_descriptors` descriptors is executed as one
@@ -25,6 +28,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -102,6 +106,15 @@ class InvalidationQueue final {
 
   // Runs one batch without holding mutex_: applies the descriptors (promoted
   // to whole-domain ones if there are too many), then busy-waits its cost.
+  // Executes `batch` as the next batch (the caller saw no batch executing)
+  // and records its completion; the lock is released meanwhile.
+  void RunBatch(std::unique_lock<std::mutex>& lock, std::vector<InvalidationDescriptor>& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Before starting a batch when threads take turns at the queue: waits (lock
+  // released) up to half the batch's fixed cost for another caller to post,
+  // so that the two share a batch instead of alternating. Group commit's
+  // delay, bounded by the cost it saves.
+  void GatherOthers(std::unique_lock<std::mutex>& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Waits for the batch now executing to end: spins briefly (a batch takes
   // microseconds, a futex wake-up on a virtual machine can take longer),
   // then sleeps.
@@ -121,6 +134,10 @@ class InvalidationQueue final {
   uint64_t completed_batch_number_ ABSL_GUARDED_BY(mutex_) = 0;
   // completed_batch_number_, readable without the mutex (for spinning).
   std::atomic<uint64_t> completed_batches_{0};
+  // Descriptors posted to the open batch so far (for gathering, unlocked).
+  std::atomic<uint64_t> posted_{0};
+  // The thread that started the last batch.
+  std::thread::id last_leader_ ABSL_GUARDED_BY(mutex_);
   bool executing_ ABSL_GUARDED_BY(mutex_) = false;
   InvalidationQueueStats stats_ ABSL_GUARDED_BY(mutex_);
 };

@@ -622,6 +622,26 @@ std::string TallyText(const Tally& tally) {
                       tally.unmarked_while_switching.load());
 }
 
+// Starts kWorkers workers (device w each) and one translator (the device
+// after them) from one start line, and waits for them all.
+void RunWorkersAndTranslator(AutoStress& stress,
+                             const std::vector<std::shared_ptr<Device>>& devices,
+                             uint64_t translator_seed, const PolicyClock& clock) {
+  std::latch start(kWorkers + 1);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWorkers; ++w) {
+    threads.emplace_back([&, w] {
+      start.arrive_and_wait();
+      stress.Worker(*devices[w], w, clock);
+    });
+  }
+  threads.emplace_back([&] {
+    start.arrive_and_wait();
+    stress.Translator(*devices[kWorkers], kWorkers, translator_seed, clock);
+  });
+  for (std::thread& thread : threads) thread.join();
+}
+
 // ---------------------------------------------------------------- 1. Shared domain
 
 // Workers share one domain (each with its own device, or all through one);
@@ -652,19 +672,7 @@ TEST_P(SharedDomainTest, MapTranslateUnmapTranslate) {
   AutoStress stress(*iommu, registry, failures, tally);
   const PolicyClock clock = FixedPolicy(policy);
 
-  std::latch start(kWorkers + 1);
-  std::vector<std::thread> threads;
-  for (int w = 0; w < kWorkers; ++w) {
-    threads.emplace_back([&, w] {
-      start.arrive_and_wait();
-      stress.Worker(*devices[w], w, clock);
-    });
-  }
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    stress.Translator(*devices[kWorkers], kWorkers, kSeed + 100, clock);
-  });
-  for (std::thread& thread : threads) thread.join();
+  RunWorkersAndTranslator(stress, devices, kSeed + 100, clock);
 
   EXPECT_EQ(failures.count(), 0u) << failures.Summary();
   EXPECT_EQ(tally.maps.load(), kWorkers * kSharedDomainCycles);
@@ -712,19 +720,7 @@ TEST(IommuConcurrencyTest, ParanoidFlushCombining) {
   const PolicyClock clock = FixedPolicy(Policy::kParanoid);
   const InvalidationQueueStats before = iommu->UnitStats(0);  // after the attaches' invalidations
 
-  std::latch start(kWorkers + 1);
-  std::vector<std::thread> threads;
-  for (int w = 0; w < kWorkers; ++w) {
-    threads.emplace_back([&, w] {
-      start.arrive_and_wait();
-      stress.Worker(*devices[w], w, clock);
-    });
-  }
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    stress.Translator(*devices[kWorkers], kWorkers, kSeed + 200, clock);
-  });
-  for (std::thread& thread : threads) thread.join();
+  RunWorkersAndTranslator(stress, devices, kSeed + 200, clock);
 
   EXPECT_EQ(failures.count(), 0u) << failures.Summary();
   const InvalidationQueueStats after = iommu->UnitStats(0);
