@@ -196,6 +196,21 @@ void Fail(benchmark::State& state, const char* what, const absl::Status& status)
   state.SkipWithError(message.c_str());
 }
 
+// Unmaps and checks the bytes removed; false (after reporting) on failure.
+bool UnmapExpecting(benchmark::State& state, Iommu& iommu, Device& device, uint64_t iova,
+                    uint64_t size, uint64_t expected_bytes) {
+  absl::StatusOr<UnmapResult> unmapped = iommu.Unmap(device, iova, size);
+  if (!unmapped.ok()) {
+    Fail(state, "Unmap", unmapped.status());
+    return false;
+  }
+  if (unmapped->bytes_unmapped != expected_bytes) {
+    state.SkipWithError(absl::StrCat("Unmap removed ", unmapped->bytes_unmapped, " bytes").c_str());
+    return false;
+  }
+  return true;
+}
+
 // Called by every thread after its loop: items are summed over threads and
 // divided by wall time; the per-thread counter divides by the thread count as
 // well, then inverts the rate into a time.
@@ -298,16 +313,7 @@ void BM_MapUnmap(benchmark::State& state, bool shared_device) {
             absl::StrCat("Map returned kind ", MappingKindName(mapped->kind)).c_str());
         break;
       }
-      absl::StatusOr<UnmapResult> unmapped = iommu.Unmap(device, mapped->iova, kPage4K);
-      if (!unmapped.ok()) {
-        Fail(state, "Unmap", unmapped.status());
-        break;
-      }
-      if (unmapped->bytes_unmapped != expected_bytes) {
-        state.SkipWithError(
-            absl::StrCat("Unmap removed ", unmapped->bytes_unmapped, " bytes").c_str());
-        break;
-      }
+      if (!UnmapExpecting(state, iommu, device, mapped->iova, kPage4K, expected_bytes)) break;
     }
   } else {
     for (auto _ : state) {
@@ -499,16 +505,7 @@ void BM_MapUnmapLarge(benchmark::State& state, uint64_t size) {
                                 .c_str());
         break;
       }
-      absl::StatusOr<UnmapResult> unmapped = iommu.Unmap(device, mapped->iova, size);
-      if (!unmapped.ok()) {
-        Fail(state, "Unmap", unmapped.status());
-        break;
-      }
-      if (unmapped->bytes_unmapped != size) {
-        state.SkipWithError(
-            absl::StrCat("Unmap removed ", unmapped->bytes_unmapped, " bytes").c_str());
-        break;
-      }
+      if (!UnmapExpecting(state, iommu, device, mapped->iova, size, size)) break;
       if (maintain) iommu.Maintain(absl::Now());
     }
   } else {

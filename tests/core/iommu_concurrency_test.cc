@@ -622,24 +622,33 @@ std::string TallyText(const Tally& tally) {
                       tally.unmarked_while_switching.load());
 }
 
-// Starts kWorkers workers (device w each) and one translator (the device
-// after them) from one start line, and waits for them all.
-void RunWorkersAndTranslator(AutoStress& stress,
-                             const std::vector<std::shared_ptr<Device>>& devices,
-                             uint64_t translator_seed, const PolicyClock& clock) {
-  std::latch start(kWorkers + 1);
+// Runs worker(0) .. worker(kWorkers - 1) and each of `others` on its own
+// thread, all released from one start line, and waits for them all.
+void RunTogether(const std::function<void(int)>& worker,
+                 const std::vector<std::function<void()>>& others) {
+  std::latch start(kWorkers + static_cast<std::ptrdiff_t>(others.size()));
   std::vector<std::thread> threads;
   for (int w = 0; w < kWorkers; ++w) {
     threads.emplace_back([&, w] {
       start.arrive_and_wait();
-      stress.Worker(*devices[w], w, clock);
+      worker(w);
     });
   }
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    stress.Translator(*devices[kWorkers], kWorkers, translator_seed, clock);
-  });
+  for (const std::function<void()>& other : others) {
+    threads.emplace_back([&] {
+      start.arrive_and_wait();
+      other();
+    });
+  }
   for (std::thread& thread : threads) thread.join();
+}
+
+// Workers on devices 0 .. kWorkers - 1 and a translator on the next device.
+void RunWorkersAndTranslator(AutoStress& stress,
+                             const std::vector<std::shared_ptr<Device>>& devices,
+                             uint64_t translator_seed, const PolicyClock& clock) {
+  RunTogether([&](int w) { stress.Worker(*devices[w], w, clock); },
+              {[&] { stress.Translator(*devices[kWorkers], kWorkers, translator_seed, clock); }});
 }
 
 // ---------------------------------------------------------------- 1. Shared domain
@@ -867,23 +876,8 @@ TEST(IommuConcurrencyTest, PolicySwitchUnderLoad) {
     phase.store(kStop, std::memory_order_seq_cst);
   };
 
-  std::latch start(kWorkers + 2);
-  std::vector<std::thread> threads;
-  for (int w = 0; w < kWorkers; ++w) {
-    threads.emplace_back([&, w] {
-      start.arrive_and_wait();
-      worker(w);
-    });
-  }
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    stress.Translator(*devices[kWorkers], kWorkers, kSeed + 300, clock);
-  });
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    controller();
-  });
-  for (std::thread& thread : threads) thread.join();
+  RunTogether(worker, {[&] { stress.Translator(*devices[kWorkers], kWorkers, kSeed + 300, clock); },
+                       [&] { controller(); }});
 
   EXPECT_EQ(failures.count(), 0u) << failures.Summary();
   EXPECT_EQ(paranoid_phases_checked.load(), (kPolicyRounds + 1) / 2);
@@ -1134,19 +1128,7 @@ TEST(IommuConcurrencyTest, ControlPlaneRaces) {
     controller_done.store(true, std::memory_order_release);
   };
 
-  std::latch start(kWorkers + 1);
-  std::vector<std::thread> threads;
-  for (int w = 0; w < kWorkers; ++w) {
-    threads.emplace_back([&, w] {
-      start.arrive_and_wait();
-      worker(w);
-    });
-  }
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    controller();
-  });
-  for (std::thread& thread : threads) thread.join();
+  RunTogether(worker, {[&] { controller(); }});
   EXPECT_EQ(failures.count(), 0u) << failures.Summary();
 
   // Quiet now (but for the maintenance thread). Each domain's live count
@@ -1496,23 +1478,7 @@ TEST_P(FixedIovaTest, DisjointWindowsSharingTablePages) {
     }
   };
 
-  std::latch start(kWorkers + 2);
-  std::vector<std::thread> threads;
-  for (int w = 0; w < kWorkers; ++w) {
-    threads.emplace_back([&, w] {
-      start.arrive_and_wait();
-      worker(w);
-    });
-  }
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    translator();
-  });
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    flusher();
-  });
-  for (std::thread& thread : threads) thread.join();
+  RunTogether(worker, {[&] { translator(); }, [&] { flusher(); }});
 
   EXPECT_EQ(failures.count(), 0u) << failures.Summary();
   EXPECT_GT(range_unmaps.load(), 0u);
@@ -1697,19 +1663,7 @@ TEST(IommuConcurrencyTest, IdentityFirstClaimsRace) {
     }
   };
 
-  std::latch start(kWorkers + 1);
-  std::vector<std::thread> threads;
-  for (int w = 0; w < kWorkers; ++w) {
-    threads.emplace_back([&, w] {
-      start.arrive_and_wait();
-      worker(w);
-    });
-  }
-  threads.emplace_back([&] {
-    start.arrive_and_wait();
-    translator();
-  });
-  for (std::thread& thread : threads) thread.join();
+  RunTogether(worker, {[&] { translator(); }});
 
   EXPECT_EQ(failures.count(), 0u) << failures.Summary();
   EXPECT_EQ(identity_maps.load() + fallback_maps.load(), kWorkers * kIdentityCycles);
