@@ -82,6 +82,18 @@ uint64_t CountPages(const TablePage* page, int level) {
   return pages;
 }
 
+// Stores 0 over every leaf below `page` (its tables stay linked to it).
+void EmptyLeaves(TablePage* page, int level) {
+  for (std::atomic<uint64_t>& slot : page->entries) {
+    const uint64_t entry = slot.load(std::memory_order_relaxed);
+    if ((entry & kTable) && level > 0) {
+      EmptyLeaves(TableOf(entry), level - 1);
+    } else if (entry != 0) {
+      slot.store(0, std::memory_order_release);
+    }
+  }
+}
+
 bool SubtreeIsEmpty(const TablePage* page, int level) {
   for (const std::atomic<uint64_t>& slot : page->entries) {
     const uint64_t entry = slot.load(std::memory_order_seq_cst);
@@ -387,7 +399,11 @@ std::optional<PageTable::Removed> PageTable::Remove(uint64_t first_iova, uint64_
     // before its invalidation.
     ClaimRange(removed.iova, removed.iova + removed.size, claimed);
   } else {
-    removed.reclaim_due = Clear(root_.get(), kRootLevel, removed.iova, removed.iova + removed.size);
+    // Leaves of unlinked tables are emptied too: a walk that fetched the
+    // table before the unlink may read them after the invalidation began,
+    // and must not cache the old translation then.
+    removed.reclaim_due = Clear(root_.get(), kRootLevel, removed.iova, removed.iova + removed.size,
+                                /*empty_unlinked=*/true);
   }
   return removed;
 }
@@ -401,7 +417,8 @@ void PageTable::ClaimRange(uint64_t begin, uint64_t end, uint64_t claimed) {
   }
 }
 
-bool PageTable::Clear(TablePage* page, int level, uint64_t begin, uint64_t end) {
+bool PageTable::Clear(TablePage* page, int level, uint64_t begin, uint64_t end,
+                      bool empty_unlinked) {
   bool reclaim_due = false;
   for (uint64_t cur = begin; cur < end;) {
     std::atomic<uint64_t>& slot = page->entries[Index(cur, level)];
@@ -410,10 +427,12 @@ bool PageTable::Clear(TablePage* page, int level, uint64_t begin, uint64_t end) 
     const bool covered = (cur & (Span(level) - 1)) == 0 && entry_end <= end;
     if (entry & kTable) {
       if (covered) {
+        if (empty_unlinked) EmptyLeaves(TableOf(entry), level - 1);
         slot.store(0, std::memory_order_seq_cst);
         reclaim_due |= Unlink(TableOf(entry), level - 1);
       } else {
-        reclaim_due |= Clear(TableOf(entry), level - 1, cur, std::min(end, entry_end));
+        reclaim_due |=
+            Clear(TableOf(entry), level - 1, cur, std::min(end, entry_end), empty_unlinked);
       }
     } else if (entry != 0) {
       slot.store(0, std::memory_order_release);
@@ -424,7 +443,9 @@ bool PageTable::Clear(TablePage* page, int level, uint64_t begin, uint64_t end) 
 }
 
 bool PageTable::Release(uint64_t iova, uint64_t size) {
-  return Clear(root_.get(), kRootLevel, iova, iova + size);
+  // Claimed slots already stopped translating at Remove; emptying them
+  // before the unlink would let a concurrent claim land in a doomed table.
+  return Clear(root_.get(), kRootLevel, iova, iova + size, /*empty_unlinked=*/false);
 }
 
 void PageTable::Visit(

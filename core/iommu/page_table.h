@@ -152,8 +152,9 @@ class PageTable final {
   std::optional<Leaf> FindIn(const TablePage* page, int level, uint64_t from, uint64_t end) const;
   // Overwrites every leaf slot of an owned range with `claimed`.
   void ClaimRange(uint64_t begin, uint64_t end, uint64_t claimed);
-  // Empties an owned range, unlinking the tables whose span it covers.
-  bool Clear(TablePage* page, int level, uint64_t begin, uint64_t end);
+  // Empties an owned range, unlinking the tables whose span it covers
+  // (emptying their leaves first when `empty_unlinked`).
+  bool Clear(TablePage* page, int level, uint64_t begin, uint64_t end, bool empty_unlinked);
   void Visit(const TablePage* page, int level, uint64_t base,
              absl::FunctionRef<void(uint64_t entry, uint64_t iova, int level)> visit) const;
 
