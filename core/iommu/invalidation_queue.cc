@@ -26,6 +26,13 @@ uint64_t NanosOf(std::chrono::steady_clock::duration duration) {
   return nanos > 0 ? static_cast<uint64_t>(nanos) : 0;
 }
 
+// One turn of a spin-wait loop: tells the CPU (and a hypervisor) we are spinning.
+void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 void Apply(const InvalidationDescriptor& descriptor) {
   if (descriptor.iotlb == nullptr) return;
   switch (descriptor.kind) {
@@ -106,9 +113,7 @@ void InvalidationQueue::GatherOthers(std::unique_lock<std::mutex>& lock) {
   lock.unlock();
   while (posted_.load(std::memory_order_acquire) == seen &&
          std::chrono::steady_clock::now() < deadline) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    CpuRelax();
   }
   lock.lock();
 }
@@ -119,9 +124,7 @@ void InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock) {
   lock.unlock();
   for (int spin = 0; spin < kSpins && completed_batches_.load(std::memory_order_acquire) == seen;
        ++spin) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    CpuRelax();
   }
   lock.lock();
   if (executing_ && completed_batch_number_ == seen) batch_done_.wait(lock);

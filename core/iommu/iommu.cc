@@ -155,32 +155,21 @@ absl::StatusOr<DestroyResult> Iommu::DestroyDomain(absl::string_view domain_id, 
 }
 
 absl::Status Iommu::SetPolicy(absl::string_view domain_id, Policy policy) {
-  std::shared_ptr<Domain> domain;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    absl::StatusOr<std::shared_ptr<Domain>> found = FindDomainLocked(domain_id);
-    if (!found.ok()) return found.status();
-    domain = *std::move(found);
-  }
-  domain->SetPolicy(policy);
+  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
+  if (!domain.ok()) return domain.status();
+  (*domain)->SetPolicy(policy);
   return absl::OkStatus();
 }
 
 absl::Status Iommu::Flush(absl::string_view domain_id) {
-  std::shared_ptr<Domain> domain;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    absl::StatusOr<std::shared_ptr<Domain>> found = FindDomainLocked(domain_id);
-    if (!found.ok()) return found.status();
-    domain = *std::move(found);
-  }
-  domain->Flush();
+  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
+  if (!domain.ok()) return domain.status();
+  (*domain)->Flush();
   return absl::OkStatus();
 }
 
 absl::StatusOr<DomainStats> Iommu::GetDomainStats(absl::string_view domain_id) const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomainLocked(domain_id);
+  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
   if (!domain.ok()) return domain.status();
   return (*domain)->Stats();
 }
@@ -191,6 +180,11 @@ std::vector<std::string> Iommu::DomainIds() const {
   for (const auto& [id, domain] : domains_) ids.push_back(id);
   std::sort(ids.begin(), ids.end());
   return ids;
+}
+
+absl::StatusOr<std::shared_ptr<Domain>> Iommu::FindDomain(absl::string_view domain_id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return FindDomainLocked(domain_id);
 }
 
 absl::StatusOr<std::shared_ptr<Domain>> Iommu::FindDomainLocked(absl::string_view domain_id) const {
@@ -415,8 +409,7 @@ absl::StatusOr<std::shared_ptr<FaultSubscription>> Iommu::SubscribeFaults(
         absl::StrCat("fault queue capacity ", queue_capacity, " is not in [1, 65536]"));
   }
   if (domain_id.empty()) return faults_.Subscribe(queue_capacity);
-  std::lock_guard<std::mutex> lock(mutex_);
-  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomainLocked(domain_id);
+  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
   if (!domain.ok()) return domain.status();
   return (*domain)->faults().Subscribe(queue_capacity);
 }
@@ -424,8 +417,7 @@ absl::StatusOr<std::shared_ptr<FaultSubscription>> Iommu::SubscribeFaults(
 absl::StatusOr<std::vector<Fault>> Iommu::RecentFaults(absl::string_view domain_id,
                                                        uint64_t after_sequence) const {
   if (domain_id.empty()) return faults_.Recent(after_sequence);
-  std::lock_guard<std::mutex> lock(mutex_);
-  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomainLocked(domain_id);
+  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
   if (!domain.ok()) return domain.status();
   return (*domain)->faults().Recent(after_sequence);
 }

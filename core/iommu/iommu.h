@@ -130,6 +130,8 @@ class Iommu final {
  private:
   explicit Iommu(const IommuOptions& options);
 
+  // The domain, kept alive by the pointer after the lock is released.
+  absl::StatusOr<std::shared_ptr<Domain>> FindDomain(absl::string_view domain_id) const;
   absl::StatusOr<std::shared_ptr<Domain>> FindDomainLocked(absl::string_view domain_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<std::shared_ptr<Device>> FindDeviceLocked(absl::string_view device_id) const
