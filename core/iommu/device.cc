@@ -26,4 +26,9 @@ Device::Device(const DeviceConfig& config, uint32_t requester)
       dma_mask_(MaskOf(config.dma_mask_bits)),
       allow_bypass_(config.allow_bypass) {}
 
+void Device::set_dma_mask_bits(int bits) {
+  dma_mask_bits_.store(bits, std::memory_order_relaxed);
+  dma_mask_.store(MaskOf(bits), std::memory_order_relaxed);
+}
+
 }  // namespace iommu_broker

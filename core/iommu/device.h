@@ -6,8 +6,9 @@
 // The Iommu creates devices and attaches them to domains; a Device only
 // records where it is attached, for operations to find under an epoch guard.
 //
-// Thread-safety: thread-safe. id, requester and dma_mask are constant after
-// construction; allow_bypass, the attachment and the counters are atomics.
+// Thread-safety: thread-safe. id and requester are constant after
+// construction; the DMA mask, allow_bypass, the attachment and the counters
+// are atomics (the Iommu changes the mask only while the device is detached).
 #ifndef IOMMU_BROKER_CORE_IOMMU_DEVICE_H_
 #define IOMMU_BROKER_CORE_IOMMU_DEVICE_H_
 
@@ -39,9 +40,11 @@ class Device final {
 
   const std::string& id() const { return id_; }
   uint32_t requester() const { return requester_; }
-  int dma_mask_bits() const { return dma_mask_bits_; }
+  int dma_mask_bits() const { return dma_mask_bits_.load(std::memory_order_relaxed); }
   // The highest address the device's DMA can drive.
-  uint64_t dma_mask() const { return dma_mask_; }
+  uint64_t dma_mask() const { return dma_mask_.load(std::memory_order_relaxed); }
+  // `bits` must be valid (ValidateDeviceConfig).
+  void set_dma_mask_bits(int bits);
 
   bool allow_bypass() const { return allow_bypass_.load(std::memory_order_relaxed); }
   void set_allow_bypass(bool allow) { allow_bypass_.store(allow, std::memory_order_relaxed); }
@@ -58,8 +61,8 @@ class Device final {
  private:
   const std::string id_;
   const uint32_t requester_;
-  const int dma_mask_bits_;
-  const uint64_t dma_mask_;
+  std::atomic<int> dma_mask_bits_;
+  std::atomic<uint64_t> dma_mask_;
   std::atomic<bool> allow_bypass_;
   std::atomic<Domain*> domain_{nullptr};
   DmaDebugCounters debug_;

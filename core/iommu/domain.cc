@@ -117,7 +117,10 @@ Domain::Domain(const DomainConfig& config, const Environment& env,
       iotlb_(std::move(iotlb)),
       page_table_(*env.reclaimer),
       flush_queue_(config.flush_queue, *iotlb_, *env.invalidation_queue,
-                   [this](absl::Span<const PageTable::Removed> done) { ReleaseIovas(done); }),
+                   [this](absl::Span<const PageTable::Removed> done, uint64_t unmaps) {
+                     pending_invalidations_.Complete(unmaps);
+                     ReleaseIovas(done);
+                   }),
       faults_(env.fault_log_capacity, env.iommu_faults) {}
 
 Domain::~Domain() = default;
@@ -130,32 +133,32 @@ absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request)
   absl::StatusOr<std::optional<MapResult>> bypass = DecideBypass(device, request, &refusal);
   if (!bypass.ok()) return bypass.status();
   if (bypass->has_value()) {
-    bypass_maps_.Add();
+    AddOwned(counts_.Local().bypass_maps, 1);
     return **bypass;
   }
   MapResult result;
   result.bypass_refusal = std::move(refusal);
   if (policy() == Policy::kPassthrough && !request.has_iova &&
       request.phys + (request.size - 1) <= device.dma_mask()) {
-    identity_maps_.Add();
+    AddOwned(counts_.Local().identity_maps, 1);
     result.iova = request.phys;
     result.kind = MappingKind::kIdentity;
     return result;
   }
-  if (!live_mappings_.TryIncrement(static_cast<int64_t>(config_.max_mappings))) {
+  if (!TryCountMapping()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "domain ", id(), " holds its limit of ", config_.max_mappings, " mappings (max_mappings)"));
   }
   absl::StatusOr<Placed> placed =
       request.has_iova ? PlaceFixed(device, request) : PlaceAnywhere(device, request);
   if (!placed.ok()) {
-    live_mappings_.Add(-1);
+    AddOwned(counts_.Local().live_mappings, -1);
     return placed.status();
   }
   result.iova = placed->iova;
   if (placed->origin == IovaOrigin::kClaimed && placed->iova == request.phys) {
     result.kind = MappingKind::kIdentity;
-    identity_maps_.Add();
+    AddOwned(counts_.Local().identity_maps, 1);
   }
   result.leaves_4k = placed->leaves.leaves_4k;
   result.leaves_2m = placed->leaves.leaves_2m;
@@ -324,7 +327,7 @@ absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const Ma
 absl::Status Domain::CheckReservedOverlap(uint64_t iova, uint64_t size) const {
   for (const ReservedRegion& region : config_.reserved) {
     if (iova < region.start + region.size && region.start < iova + size) {
-      return absl::FailedPreconditionError(absl::StrCat(
+      return absl::AlreadyExistsError(absl::StrCat(
           "iova range ", RangeText(iova, iova + size), " overlaps reserved region ", region.name,
           " ", RangeText(region.start, region.start + region.size), " of domain ", id()));
     }
@@ -361,10 +364,12 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   const uint64_t end = std::min(iova + (size - 1), kIovaLimit - 1) + 1;
   const Policy current = policy();
   absl::InlinedVector<PageTable::Removed, 1> removed;
-  if (absl::Status status = RemoveMappings(device, iova, end, removed); !status.ok()) {
-    return status;
-  }
-  if (removed.empty()) {
+  // Until the invalidation below completes, translations check IOTLB hits.
+  pending_invalidations_.Begin();
+  if (absl::Status status = RemoveMappings(device, iova, end, removed);
+      !status.ok() || removed.empty()) {
+    pending_invalidations_.Complete(1);
+    if (!status.ok()) return status;
     if (current != Policy::kPassthrough) {  // pt identity maps have nothing to unmap
       debug_.CountDoubleUnmap();
       device.debug().CountDoubleUnmap();
@@ -374,13 +379,15 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   UnmapResult result;
   result.mappings_removed = removed.size();
   for (const PageTable::Removed& gone : removed) result.bytes_unmapped += gone.size;
-  live_mappings_.Add(-static_cast<int64_t>(removed.size()));
-  unmaps_.Add(static_cast<int64_t>(removed.size()));
+  Counts& counts = counts_.Local();
+  AddOwned(counts.live_mappings, -static_cast<int64_t>(removed.size()));
+  AddOwned(counts.unmaps, static_cast<int64_t>(removed.size()));
   if (current == Policy::kParanoid) {
     InvalidateNow(removed);
+    pending_invalidations_.Complete(1);
     ReleaseIovas(removed);
   } else {
-    for (const PageTable::Removed& gone : removed) flush_queue_.Enqueue(gone);
+    flush_queue_.Enqueue(removed);
   }
   return result;
 }
@@ -391,14 +398,12 @@ absl::Status Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end,
     if (gone.reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
     removed.push_back(gone);
   };
-  // The DMA-API case: the range is exactly one single-leaf mapping. One walk
-  // finds it; the boundary checks and the range scan are for everything else.
-  if (std::optional<PageTable::Leaf> head = page_table_.Lookup(iova);
-      head && head->first && head->last && head->iova == iova && head->size == end - iova) {
-    if (std::optional<PageTable::Removed> gone = page_table_.Remove(iova, end)) {
-      take(*gone);
-      return absl::OkStatus();
-    }
+  // The DMA-API case: the range is exactly one mapping, which splits
+  // nothing. One walk finds and removes it; the boundary checks and the range
+  // scan are for everything else.
+  if (std::optional<PageTable::Removed> gone = page_table_.RemoveExactly(iova, end)) {
+    take(*gone);
+    return absl::OkStatus();
   }
   if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) return status;
   for (uint64_t cursor = iova; cursor < end;) {
@@ -442,7 +447,20 @@ void Domain::InvalidateNow(absl::Span<const PageTable::Removed> removed) {
   env_.invalidation_queue->Invalidate(descriptors);
 }
 
+void Domain::PublishInvalidations(absl::Span<const PageTable::Removed> removed) {
+  if (env_.invalidations == nullptr || !env_.invalidations->has_subscribers()) return;
+  for (const PageTable::Removed& gone : removed) {
+    env_.invalidations->Publish({.scope = InvalidationScope::kRange,
+                                 .domain_id = id(),
+                                 .iova = gone.iova,
+                                 .size = gone.size});
+  }
+}
+
 void Domain::ReleaseIovas(absl::Span<const PageTable::Removed> removed) {
+  // Subscribers (device-side caches) hear of an invalidation before its
+  // IOVAs can be handed out again.
+  PublishInvalidations(removed);
   for (const PageTable::Removed& gone : removed) {
     switch (gone.origin) {
       case IovaOrigin::kAllocated:
@@ -460,6 +478,24 @@ void Domain::ReleaseIovas(absl::Span<const PageTable::Removed> removed) {
       }
     }
   }
+}
+
+bool Domain::TryCountMapping() {
+  std::atomic<int64_t>& mine = counts_.Local().live_mappings;
+  const int64_t limit = static_cast<int64_t>(config_.max_mappings);
+  if (mine.load(std::memory_order_relaxed) >= limit / 32 &&
+      Total(&Counts::live_mappings) >= limit) {
+    return false;
+  }
+  AddOwned(mine, 1);
+  return true;
+}
+
+int64_t Domain::Total(std::atomic<int64_t> Counts::*member) const {
+  int64_t total = 0;
+  counts_.ForEach(
+      [&](const Counts& counts) { total += (counts.*member).load(std::memory_order_relaxed); });
+  return total;
 }
 
 bool Domain::InBypassWindow(uint64_t iova, uint64_t size) const {
@@ -481,7 +517,7 @@ absl::Status Domain::ValidateTranslateRange(uint64_t iova, uint64_t size) {
 absl::StatusOr<TranslateResult> Domain::Translate(Device& device, uint64_t iova, uint64_t size,
                                                   Access access) {
   if (absl::Status status = ValidateTranslateRange(iova, size); !status.ok()) return status;
-  translations_.Add();
+  AddOwned(counts_.Local().translations, 1);
   const uint64_t last = iova + (size - 1);
   if (last > device.dma_mask()) {
     return FaultAt(device, std::max(iova, device.dma_mask() + 1), access,
@@ -525,7 +561,7 @@ absl::StatusOr<TranslateResult> Domain::Translate(Device& device, uint64_t iova,
     if (piece_last == last) break;
     cursor = piece_last + 1;
   }
-  if (result.stale) stale_translations_.Add();
+  if (result.stale) AddOwned(counts_.Local().stale_translations, 1);
   return result;
 }
 
@@ -533,12 +569,18 @@ std::optional<FaultReason> Domain::TranslatePage(const Device& device, uint64_t 
                                                  PageTranslation& out) {
   const bool in_aperture = iova >= config_.aperture_first && iova <= config_.aperture_last;
   if (in_aperture && policy != Policy::kPassthrough) {
+    // Fast unmaps leave IOTLB entries until their batch invalidation (and so
+    // may a switch away from fast): a hit is served as hardware would, and
+    // the emulator checks whether the mapping behind it is gone. Only while
+    // an invalidation is pending can it be.
+    const bool may_be_stale =
+        policy == Policy::kFast || policy_switches_.load(std::memory_order_acquire) > 0;
+    const uint64_t quiet =
+        may_be_stale ? pending_invalidations_.QuietSince() : PendingInvalidations::kPending;
     if (std::optional<IotlbEntry> hit = iotlb_->Lookup(device.requester(), iova)) {
       out = {hit->iova, hit->phys, hit->page_size, hit->perms, MappingKind::kTranslated,
              true,      false};
-      if (policy == Policy::kFast || policy_switches_.load(std::memory_order_acquire) > 0) {
-        // Served as hardware would; the emulator checks whether the mapping
-        // behind it is gone (unmapped, awaiting its batch invalidation).
+      if (may_be_stale && !pending_invalidations_.StillQuiet(quiet)) {
         std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova);
         out.stale = !leaf || leaf->iova != hit->iova || leaf->phys != hit->phys ||
                     leaf->size != hit->page_size || !(leaf->perms == hit->perms);
@@ -586,7 +628,7 @@ TranslateResult Domain::FaultAt(Device& device, uint64_t iova, Access access, Fa
     debug_.CountDmaAfterUnmap();
     device.debug().CountDmaAfterUnmap();
   }
-  faults_.Record(result.fault);
+  result.fault.sequence = faults_.Record(result.fault);
   return result;
 }
 
@@ -634,14 +676,14 @@ absl::flat_hash_map<uint32_t, LiveMappings> Domain::LiveMappingsByRequester() co
 DomainStats Domain::Stats() const {
   DomainStats stats;
   stats.policy = policy();
-  stats.live_mappings = static_cast<uint64_t>(std::max<int64_t>(0, live_mappings_.Value()));
-  stats.unmaps = static_cast<uint64_t>(unmaps_.Value());
+  stats.live_mappings = static_cast<uint64_t>(std::max<int64_t>(0, Total(&Counts::live_mappings)));
+  stats.unmaps = static_cast<uint64_t>(Total(&Counts::unmaps));
   stats.maps = stats.live_mappings + stats.unmaps;  // every translated map is live or unmapped
-  stats.translations = static_cast<uint64_t>(translations_.Value());
+  stats.translations = static_cast<uint64_t>(Total(&Counts::translations));
   stats.faults = faults_count_.load(std::memory_order_relaxed);
-  stats.stale_translations = static_cast<uint64_t>(stale_translations_.Value());
-  stats.bypass_maps = static_cast<uint64_t>(bypass_maps_.Value());
-  stats.identity_maps = static_cast<uint64_t>(identity_maps_.Value());
+  stats.stale_translations = static_cast<uint64_t>(Total(&Counts::stale_translations));
+  stats.bypass_maps = static_cast<uint64_t>(Total(&Counts::bypass_maps));
+  stats.identity_maps = static_cast<uint64_t>(Total(&Counts::identity_maps));
   stats.table_pages = page_table_.table_pages();
   stats.iotlb = iotlb_->Stats();
   stats.flush_queue = flush_queue_.Stats();

@@ -44,9 +44,11 @@
 #include "core/iommu/invalidation_queue.h"
 #include "core/iommu/iotlb.h"
 #include "core/iommu/page_table.h"
+#include "core/iommu/pending_invalidations.h"
+#include "core/iommu/publisher.h"
 #include "core/iommu/types.h"
 #include "core/iova/iova_allocator.h"
-#include "core/util/striped_counter.h"
+#include "core/util/per_thread.h"
 
 namespace iommu_broker {
 
@@ -111,6 +113,8 @@ class Domain final {
     // outside its guard.
     std::atomic<bool>* reclaim_due = nullptr;
     size_t fault_log_capacity = 1024;
+    // Told of every range invalidation that completed (optional).
+    Publisher<InvalidationEvent>* invalidations = nullptr;
   };
 
   // INVALID_ARGUMENT naming the field if `config` is unusable.
@@ -157,6 +161,17 @@ class Domain final {
   Domain(const DomainConfig& config, const Environment& env,
          std::unique_ptr<IovaAllocator> allocator, std::unique_ptr<Iotlb> iotlb);
 
+  // Statistics, one slot per thread (core/util/per_thread.h), so that the
+  // hot paths update them with plain stores.
+  struct alignas(64) Counts {
+    // A gauge: a thread that unmaps others' mappings goes negative.
+    std::atomic<int64_t> live_mappings{0};
+    std::atomic<int64_t> unmaps{0};
+    std::atomic<int64_t> translations{0};
+    std::atomic<int64_t> stale_translations{0};
+    std::atomic<int64_t> bypass_maps{0};
+    std::atomic<int64_t> identity_maps{0};
+  };
   // A translated mapping placed in the page table.
   struct Placed {
     uint64_t iova = 0;
@@ -192,11 +207,20 @@ class Domain final {
                               absl::InlinedVector<PageTable::Removed, 1>& removed);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
   void InvalidateNow(absl::Span<const PageTable::Removed> removed);
+  // After their invalidation: tells subscribers, then frees the IOVAs.
   void ReleaseIovas(absl::Span<const PageTable::Removed> removed);
+  void PublishInvalidations(absl::Span<const PageTable::Removed> removed);
   std::optional<FaultReason> TranslatePage(const Device& device, uint64_t iova, Policy policy,
                                            PageTranslation& out);
   TranslateResult FaultAt(Device& device, uint64_t iova, Access access, FaultReason reason);
   bool InBypassWindow(uint64_t iova, uint64_t size) const;
+  // Counts one more live mapping unless the domain holds max_mappings. Sums
+  // every thread's count only once this thread's own is a sizeable share of
+  // the limit: exact for one thread; threads racing near the limit may each
+  // be admitted up to 1/32 of it too many.
+  bool TryCountMapping();
+  // One member of Counts, summed over threads.
+  int64_t Total(std::atomic<int64_t> Counts::*member) const;
 
   const DomainConfig config_;
   const Environment env_;
@@ -211,14 +235,12 @@ class Domain final {
   const std::unique_ptr<Iotlb> iotlb_;
   PageTable page_table_;
   FlushQueue flush_queue_;
+  // Unmaps whose invalidation has not completed (translations check IOTLB
+  // hits only while there are any).
+  PendingInvalidations pending_invalidations_;
   FaultLog faults_;
   DmaDebugCounters debug_;
-  StripedCounter live_mappings_;
-  StripedCounter unmaps_;
-  StripedCounter translations_;
-  StripedCounter stale_translations_;
-  StripedCounter bypass_maps_;
-  StripedCounter identity_maps_;
+  PerThread<Counts> counts_;
   std::atomic<uint64_t> faults_count_{0};
   std::atomic<int64_t> last_shrink_second_{0};
 };

@@ -3,27 +3,9 @@
 #include <thread>
 #include <utility>
 
-#include "core/util/striped_counter.h"
-
 namespace iommu_broker {
 
-EpochReclaimer::Guard::Guard(EpochReclaimer& reclaimer) {
-  Stripe& stripe = reclaimer.stripes_[ThisThreadStripe(kStripes)];
-  // Re-check the phase after announcing: a guard that announced in the old
-  // phase after Reclaim() finished waiting for it would be invisible to that
-  // grace period, so it moves to the current phase instead.
-  uint32_t phase = reclaimer.phase_.load(std::memory_order_seq_cst);
-  while (true) {
-    counter_ = &stripe.active[phase & 1];
-    counter_->fetch_add(1, std::memory_order_seq_cst);
-    const uint32_t now = reclaimer.phase_.load(std::memory_order_seq_cst);
-    if (now == phase) return;
-    counter_->fetch_sub(1, std::memory_order_seq_cst);
-    phase = now;
-  }
-}
-
-EpochReclaimer::Guard::~Guard() { counter_->fetch_sub(1, std::memory_order_seq_cst); }
+EpochReclaimer::EpochReclaimer() : barrier_(RegisterHeavyBarrier()) {}
 
 EpochReclaimer::~EpochReclaimer() {
   std::vector<absl::AnyInvocable<void() &&>> retired;
@@ -59,14 +41,17 @@ void EpochReclaimer::Synchronize() {
 }
 
 void EpochReclaimer::WaitForGracePeriod() {
-  // Guards that might see what was unlinked before the flip announced
-  // themselves in the old phase; wait for them to end.
-  const uint32_t old_phase = phase_.fetch_add(1, std::memory_order_seq_cst);
-  for (Stripe& stripe : stripes_) {
-    while (stripe.active[old_phase & 1].load(std::memory_order_seq_cst) != 0) {
+  // Guards that might see what was unlinked before the flip are counted in
+  // the old phase; wait for them to end.
+  const uint32_t old_parity = phase_.fetch_add(1, std::memory_order_seq_cst) & 1;
+#if !defined(__SANITIZE_THREAD__)
+  IssueHeavyBarrier(barrier_);
+#endif
+  readers_.ForEach([old_parity](const Reader& reader) {
+    while (reader.active[old_parity].load(std::memory_order_seq_cst) != 0) {
       std::this_thread::yield();
     }
-  }
+  });
 }
 
 size_t EpochReclaimer::retired() const {

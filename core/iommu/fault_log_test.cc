@@ -2,6 +2,7 @@
 // subscriptions (ordering, drops, Close) and forwarding to a parent log.
 #include "core/iommu/fault_log.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <latch>
@@ -306,31 +307,34 @@ TEST(FaultLogTest, ConcurrentRecordersDeliverInSequenceOrder) {
   for (uint64_t i = 0; i < kFaults; ++i) EXPECT_EQ(recent[i].sequence, i + 1);
 }
 
-TEST(FaultLogTest, ParentKeepsItsOwnSequence) {
+TEST(FaultLogTest, TheRootNumbersFaultsBrokerWide) {
   FaultLog iommu_log(16);
   FaultLog domain_a(16, &iommu_log);
   FaultLog domain_b(16, &iommu_log);
   std::shared_ptr<FaultSubscription> iommu_sub = iommu_log.Subscribe(16);
 
-  domain_a.Record(MakeFault(0x1000, "a"));
-  domain_a.Record(MakeFault(0x2000, "a"));
-  domain_b.Record(MakeFault(0x3000, "b"));
+  EXPECT_EQ(domain_a.Record(MakeFault(0x1000, "a")), 1u);
+  EXPECT_EQ(domain_b.Record(MakeFault(0x3000, "b")), 2u);
+  EXPECT_EQ(domain_a.Record(MakeFault(0x2000, "a")), 3u);
 
-  EXPECT_EQ(Sequences(domain_a.Recent()), (std::vector<uint64_t>{1, 2}));
-  EXPECT_EQ(Sequences(domain_b.Recent()), (std::vector<uint64_t>{1}));
+  // A child's numbers increase and skip the other children's.
+  EXPECT_EQ(Sequences(domain_a.Recent()), (std::vector<uint64_t>{1, 3}));
+  EXPECT_EQ(Sequences(domain_b.Recent()), (std::vector<uint64_t>{2}));
+  EXPECT_EQ(Sequences(domain_a.Recent(/*after_sequence=*/1)), (std::vector<uint64_t>{3}));
+  EXPECT_EQ(domain_a.total(), 2u);
   const std::vector<Fault> all = iommu_log.Recent();
   EXPECT_EQ(Sequences(all), (std::vector<uint64_t>{1, 2, 3}));
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(all[0].device_id, "a");
-  EXPECT_EQ(all[1].device_id, "a");
-  EXPECT_EQ(all[2].device_id, "b");
-  EXPECT_EQ(all[2].iova, 0x3000u);
+  EXPECT_EQ(all[1].device_id, "b");
+  EXPECT_EQ(all[1].iova, 0x3000u);
+  EXPECT_EQ(all[2].device_id, "a");
   // The parent keeps the time the child stamped.
   EXPECT_EQ(all[0].time, domain_a.Recent()[0].time);
-  EXPECT_EQ(all[2].time, domain_b.Recent()[0].time);
+  EXPECT_EQ(all[1].time, domain_b.Recent()[0].time);
   EXPECT_EQ(iommu_log.total(), 3u);
 
-  // The parent's subscribers see forwarded faults with the parent's numbers.
+  // The parent's subscribers see forwarded faults with the same numbers.
   for (uint64_t i = 1; i <= 3; ++i) {
     std::optional<Fault> fault = iommu_sub->Next(absl::ZeroDuration());
     ASSERT_TRUE(fault.has_value());
@@ -342,6 +346,65 @@ TEST(FaultLogTest, ParentKeepsItsOwnSequence) {
   EXPECT_EQ(iommu_log.total(), 4u);
   EXPECT_EQ(domain_a.total(), 2u);
   EXPECT_EQ(domain_b.total(), 1u);
+}
+
+TEST(FaultLogTest, ReadyCallbackRunsAfterEachQueuedFaultAndCanTakeIt) {
+  FaultLog log(/*capacity=*/8);
+  std::shared_ptr<FaultSubscription> sub = log.Subscribe(/*queue_capacity=*/8);
+  std::vector<uint64_t> taken;
+  sub->SetReadyCallback([&] {
+    // A non-blocking reader: the fault is already queued when it runs.
+    std::optional<Fault> fault = sub->Next(absl::ZeroDuration());
+    ASSERT_TRUE(fault.has_value());
+    taken.push_back(fault->iova);
+  });
+  log.Record(MakeFault(0x1000));
+  log.Record(MakeFault(0x2000));
+  EXPECT_EQ(taken, (std::vector<uint64_t>{0x1000, 0x2000}));
+}
+
+TEST(FaultLogTest, ReadyCallbackDoesNotRunForDroppedFaults) {
+  FaultLog log(/*capacity=*/8);
+  std::shared_ptr<FaultSubscription> sub = log.Subscribe(/*queue_capacity=*/1);
+  int calls = 0;
+  sub->SetReadyCallback([&] { ++calls; });
+  log.Record(MakeFault(0x1000));
+  log.Record(MakeFault(0x2000));  // queue full: dropped
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(sub->dropped(), 1u);
+}
+
+TEST(FaultLogTest, CloseStopsTheReadyCallback) {
+  FaultLog log(/*capacity=*/8);
+  std::shared_ptr<FaultSubscription> sub = log.Subscribe(/*queue_capacity=*/8);
+  int calls = 0;
+  sub->SetReadyCallback([&] { ++calls; });
+  sub->Close();
+  log.Record(MakeFault(0x1000));
+  EXPECT_EQ(calls, 0);
+}
+
+TEST(FaultLogTest, CloseWaitsForARunningReadyCallback) {
+  FaultLog log(/*capacity=*/8);
+  std::shared_ptr<FaultSubscription> sub = log.Subscribe(/*queue_capacity=*/8);
+  std::latch callback_started(1);
+  std::atomic<bool> release{false};
+  std::atomic<bool> callback_finished{false};
+  sub->SetReadyCallback([&] {
+    callback_started.count_down();
+    while (!release.load()) std::this_thread::yield();
+    callback_finished.store(true);
+  });
+  std::thread recorder([&] { log.Record(MakeFault(0x1000)); });
+  callback_started.wait();
+  std::thread closer([&] {
+    sub->Close();
+    // Close returned: the callback must have finished.
+    EXPECT_TRUE(callback_finished.load());
+  });
+  release.store(true);
+  closer.join();
+  recorder.join();
 }
 
 TEST(FaultLogTest, FaultReasonNames) {

@@ -23,13 +23,17 @@ FlushQueue::FlushQueue(FlushQueueOptions options, Iotlb& iotlb,
       invalidation_queue_(invalidation_queue),
       release_(std::move(release)) {}
 
-void FlushQueue::Enqueue(const PageTable::Removed& removed) {
+void FlushQueue::Enqueue(absl::Span<const PageTable::Removed> removed) {
   Stripe& stripe = stripes_[ThisThreadStripe(kStripes)];
   std::lock_guard<std::mutex> lock(stripe.mutex);
-  if (stripe.entries.empty()) stripe.oldest = absl::Now();
-  stripe.entries.push_back(removed);
-  ++stripe.queued;
-  if (stripe.entries.size() >= options_.capacity) FlushStripe(stripe, Reason::kFull);
+  for (size_t i = 0; i < removed.size(); ++i) {
+    if (stripe.entries.empty()) stripe.oldest = absl::Now();
+    stripe.entries.push_back(removed[i]);
+    ++stripe.queued;
+    // A stripe flushes in order, so the call is done with its last range.
+    if (i + 1 == removed.size()) ++stripe.unmaps;
+    if (stripe.entries.size() >= options_.capacity) FlushStripe(stripe, Reason::kFull);
+  }
 }
 
 void FlushQueue::Flush() {
@@ -57,8 +61,9 @@ void FlushQueue::FlushStripe(Stripe& stripe, Reason reason) {
     AppendInvalidations(removed, iotlb_, descriptors);
   }
   invalidation_queue_.Invalidate(descriptors);
-  release_(stripe.entries);
+  release_(stripe.entries, stripe.unmaps);
   stripe.entries.clear();
+  stripe.unmaps = 0;
   ++stripe.flushes[static_cast<size_t>(reason)];
 }
 

@@ -5,15 +5,20 @@
 // `timeout` (FlushExpired, driven by a timer), or on Flush().
 //
 //   FlushQueue fq(options, iotlb, invalidation_queue,
-//                 [&](absl::Span<const PageTable::Removed> done) { ...free IOVAs... });
-//   fq.Enqueue(removed);          // from unmap; may flush this thread's queue
+//                 [&](absl::Span<const PageTable::Removed> done, uint64_t unmaps) {
+//                   ...free IOVAs...
+//                 });
+//   fq.Enqueue(removed);          // one unmap's ranges; may flush this thread's queue
 //   fq.FlushExpired(absl::Now()); // from the timer
 //   fq.Flush();                   // everything queued before the call is invalidated and released
 //
 // There is one queue per stripe of threads (as Linux has one per CPU), each
 // holding up to `capacity` entries, so unmapping threads do not share a lock.
 // A stripe is invalidated and released under its own lock, so Flush()
-// returning means every entry queued before it has been invalidated.
+// returning means every entry queued before it has been invalidated. Each
+// range counts against `capacity` on its own, so one Enqueue() call's ranges
+// may span batches; `release` learns how many calls a batch completed (a
+// call completes with its last range).
 //
 // Thread-safety: thread-safe. `release` is called with a stripe lock held
 // and must not call back into the queue.
@@ -56,14 +61,18 @@ struct FlushQueueStats {
 
 class FlushQueue final {
  public:
-  using Release = absl::AnyInvocable<void(absl::Span<const PageTable::Removed>)>;
+  // Called once the ranges `done`, queued by `unmaps` Enqueue() calls, are
+  // invalidated.
+  using Release =
+      absl::AnyInvocable<void(absl::Span<const PageTable::Removed> done, uint64_t unmaps)>;
 
   FlushQueue(FlushQueueOptions options, Iotlb& iotlb, InvalidationQueue& invalidation_queue,
              Release release);
   FlushQueue(const FlushQueue&) = delete;
   FlushQueue& operator=(const FlushQueue&) = delete;
 
-  void Enqueue(const PageTable::Removed& removed);
+  // Queues the ranges one unmap removed (not empty).
+  void Enqueue(absl::Span<const PageTable::Removed> removed);
   void Flush();
   void FlushExpired(absl::Time now);
 
@@ -76,7 +85,8 @@ class FlushQueue final {
   struct alignas(64) Stripe {
     mutable std::mutex mutex;
     std::vector<PageTable::Removed> entries ABSL_GUARDED_BY(mutex);
-    absl::Time oldest ABSL_GUARDED_BY(mutex);  // when the first entry arrived
+    absl::Time oldest ABSL_GUARDED_BY(mutex);    // when the first entry arrived
+    uint64_t unmaps ABSL_GUARDED_BY(mutex) = 0;  // Enqueue calls whose last range is queued
     uint64_t queued ABSL_GUARDED_BY(mutex) = 0;
     std::array<uint64_t, 3> flushes ABSL_GUARDED_BY(mutex) = {};  // by Reason
   };

@@ -98,6 +98,7 @@ absl::Status Iommu::CreateDomain(const DomainConfig& config) {
   env.iommu_faults = &faults_;
   env.reclaim_due = &reclaim_due_;
   env.fault_log_capacity = options_.fault_log_capacity;
+  env.invalidations = &invalidations_;
   std::lock_guard<std::mutex> lock(mutex_);
   if (domains_.contains(config.id)) {
     return absl::AlreadyExistsError(absl::StrCat("domain ", config.id, " already exists"));
@@ -148,6 +149,10 @@ absl::StatusOr<DestroyResult> Iommu::DestroyDomain(absl::string_view domain_id, 
     }
   }
   domain->debug().CountLeaks(result.leaked.mappings, result.leaked.bytes);
+  // Device-side caches hold nothing of a destroyed domain.
+  if (invalidations_.has_subscribers()) {
+    invalidations_.Publish({.scope = InvalidationScope::kDomain, .domain_id = domain->id()});
+  }
   // Operations that read the domain through a device before it was detached
   // may still be running; free it after them.
   reclaimer_.Retire([doomed = std::move(domain)]() mutable { doomed.reset(); });
@@ -288,8 +293,12 @@ absl::StatusOr<std::optional<DetachResult>> Iommu::Attach(absl::string_view devi
     device->set_domain(to.get());
   }
   // Forget whatever this requester may have left in either IOTLB.
-  if (from) from->InvalidateRequester(device->requester());
+  if (from) {
+    from->InvalidateRequester(device->requester());
+    PublishRequesterInvalidation(*from, *device);
+  }
   to->InvalidateRequester(device->requester());
+  PublishRequesterInvalidation(*to, *device);
   return moved;
 }
 
@@ -309,6 +318,7 @@ absl::StatusOr<DetachResult> Iommu::Detach(absl::string_view device_id) {
     }
   }
   from->InvalidateRequester(device->requester());
+  PublishRequesterInvalidation(*from, *device);
   return *std::move(detached);
 }
 
@@ -376,7 +386,7 @@ absl::StatusOr<TranslateResult> Iommu::Translate(Device& device, uint64_t iova, 
   result.fault.access = access;
   result.fault.reason = FaultReason::kDeviceNotAttached;
   result.fault.time = absl::Now();
-  faults_.Record(result.fault);
+  result.fault.sequence = faults_.Record(result.fault);
   return result;
 }
 
@@ -414,6 +424,26 @@ absl::StatusOr<std::shared_ptr<FaultSubscription>> Iommu::SubscribeFaults(
   return (*domain)->faults().Subscribe(queue_capacity);
 }
 
+absl::StatusOr<std::shared_ptr<Subscription<InvalidationEvent>>> Iommu::SubscribeInvalidations(
+    absl::string_view domain_id, size_t queue_capacity) {
+  if (queue_capacity < 1 || queue_capacity > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat("invalidation queue capacity ",
+                                                   queue_capacity, " is not in [1, 65536]"));
+  }
+  if (!domain_id.empty()) {
+    if (absl::Status status = FindDomain(domain_id).status(); !status.ok()) return status;
+  }
+  return invalidations_.Subscribe(queue_capacity);
+}
+
+void Iommu::PublishRequesterInvalidation(const Domain& domain, const Device& device) {
+  if (!invalidations_.has_subscribers()) return;
+  invalidations_.Publish({.scope = InvalidationScope::kRequester,
+                          .domain_id = domain.id(),
+                          .requester = device.requester(),
+                          .device_id = device.id()});
+}
+
 absl::StatusOr<std::vector<Fault>> Iommu::RecentFaults(absl::string_view domain_id,
                                                        uint64_t after_sequence) const {
   if (domain_id.empty()) return faults_.Recent(after_sequence);
@@ -429,5 +459,59 @@ absl::StatusOr<DmaDebugCounts> Iommu::DeviceDebugCounts(absl::string_view device
 }
 
 InvalidationQueueStats Iommu::UnitStats(uint32_t unit) const { return units_.at(unit)->Stats(); }
+
+// ---------------------------------------------------------------- Control plane views
+
+absl::StatusOr<DomainInfo> Iommu::DescribeDomain(absl::string_view domain_id) const {
+  DomainInfo info;
+  std::shared_ptr<Domain> domain;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    absl::StatusOr<std::shared_ptr<Domain>> found = FindDomainLocked(domain_id);
+    if (!found.ok()) return found.status();
+    domain = *std::move(found);
+    for (const auto& [id, device] : devices_) {
+      if (device->domain() == domain.get()) info.device_ids.push_back(id);
+    }
+  }
+  std::sort(info.device_ids.begin(), info.device_ids.end());
+  info.config = domain->config();
+  info.config.policy = domain->policy();
+  info.stats = domain->Stats();
+  return info;
+}
+
+absl::Status Iommu::UpdateDevice(absl::string_view device_id, const DeviceUpdate& update) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  absl::StatusOr<std::shared_ptr<Device>> device = FindDeviceLocked(device_id);
+  if (!device.ok()) return device.status();
+  if (update.dma_mask_bits.has_value()) {
+    DeviceConfig changed{.id = (*device)->id(), .dma_mask_bits = *update.dma_mask_bits};
+    if (absl::Status status = ValidateDeviceConfig(changed); !status.ok()) return status;
+    if (*update.dma_mask_bits != (*device)->dma_mask_bits() && (*device)->domain() != nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device ", device_id, " is attached to domain ",
+                       (*device)->domain()->id(), "; detach it to change dma_mask_bits"));
+    }
+    (*device)->set_dma_mask_bits(*update.dma_mask_bits);
+  }
+  if (update.allow_bypass.has_value()) (*device)->set_allow_bypass(*update.allow_bypass);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceInfo> Iommu::DescribeDevice(absl::string_view device_id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  absl::StatusOr<std::shared_ptr<Device>> device = FindDeviceLocked(device_id);
+  if (!device.ok()) return device.status();
+  DeviceInfo info;
+  info.config = {.id = (*device)->id(),
+                 .dma_mask_bits = (*device)->dma_mask_bits(),
+                 .allow_bypass = (*device)->allow_bypass()};
+  info.requester = (*device)->requester();
+  // Domains are destroyed under mutex_, so the pointer is safe to follow here.
+  if (const Domain* domain = (*device)->domain(); domain != nullptr) info.domain_id = domain->id();
+  info.debug = (*device)->debug().Snapshot();
+  return info;
+}
 
 }  // namespace iommu_broker

@@ -42,6 +42,8 @@
 #include "core/iommu/epoch.h"
 #include "core/iommu/fault_log.h"
 #include "core/iommu/invalidation_queue.h"
+#include "core/iommu/publisher.h"
+#include "core/iommu/subscription.h"
 #include "core/iommu/types.h"
 
 namespace iommu_broker {
@@ -63,6 +65,27 @@ struct IommuOptions {
 struct DetachResult {
   std::string domain_id;
   LiveMappings leaked;
+};
+
+// A device as the control plane sees it.
+struct DeviceInfo {
+  DeviceConfig config;  // the current settings
+  uint32_t requester = 0;
+  std::string domain_id;  // empty when detached
+  DmaDebugCounts debug;
+};
+
+// A domain as the control plane sees it.
+struct DomainInfo {
+  DomainConfig config;                  // policy is the current one
+  std::vector<std::string> device_ids;  // attached, sorted
+  DomainStats stats;
+};
+
+// Settings an operator may change on a registered device; unset ones stay.
+struct DeviceUpdate {
+  std::optional<int> dma_mask_bits = std::nullopt;  // only while detached
+  std::optional<bool> allow_bypass = std::nullopt;
 };
 
 struct DestroyResult {
@@ -87,12 +110,17 @@ class Iommu final {
   absl::Status Flush(absl::string_view domain_id);
   absl::StatusOr<DomainStats> GetDomainStats(absl::string_view domain_id) const;
   std::vector<std::string> DomainIds() const;
+  absl::StatusOr<DomainInfo> DescribeDomain(absl::string_view domain_id) const;
 
   // ---- Devices
   absl::Status AddDevice(const DeviceConfig& config);
   // Detaches the device first (reporting its leaks).
   absl::StatusOr<std::optional<DetachResult>> RemoveDevice(absl::string_view device_id);
   absl::Status SetAllowBypass(absl::string_view device_id, bool allow);
+  // All of `update` or nothing: FAILED_PRECONDITION for a DMA mask change
+  // while attached (mappings made under one mask must not outlive it).
+  absl::Status UpdateDevice(absl::string_view device_id, const DeviceUpdate& update);
+  absl::StatusOr<DeviceInfo> DescribeDevice(absl::string_view device_id) const;
   absl::StatusOr<std::shared_ptr<Device>> FindDevice(absl::string_view device_id) const;
   std::vector<std::string> DeviceIds() const;
   // Attaches, or moves from its current domain (the result then reports the
@@ -117,6 +145,10 @@ class Iommu final {
   // Faults of one domain, or of all when `domain_id` is empty.
   absl::StatusOr<std::shared_ptr<FaultSubscription>> SubscribeFaults(absl::string_view domain_id,
                                                                      size_t queue_capacity);
+  // Invalidations of one domain, or of all when `domain_id` is empty. The
+  // subscription receives every domain's; readers filter by domain_id.
+  absl::StatusOr<std::shared_ptr<Subscription<InvalidationEvent>>> SubscribeInvalidations(
+      absl::string_view domain_id, size_t queue_capacity);
   absl::StatusOr<std::vector<Fault>> RecentFaults(absl::string_view domain_id,
                                                   uint64_t after_sequence) const;
   absl::StatusOr<DmaDebugCounts> DeviceDebugCounts(absl::string_view device_id) const;
@@ -140,6 +172,8 @@ class Iommu final {
   std::optional<DetachResult> DetachLocked(Device& device, std::shared_ptr<Domain>* from)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<uint32_t> TakeRequesterLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Tells invalidation subscribers that `device`'s entries left `domain`.
+  void PublishRequesterInvalidation(const Domain& domain, const Device& device);
   void MaintenanceLoop();
   // Frees unlinked table pages once many wait; never inside a guard.
   void ReclaimIfDue();
@@ -149,6 +183,7 @@ class Iommu final {
   std::atomic<bool> reclaim_due_{false};  // see Domain::Environment
   std::vector<std::unique_ptr<InvalidationQueue>> units_;
   FaultLog faults_;
+  Publisher<InvalidationEvent> invalidations_;
 
   mutable std::mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<Domain>> domains_ ABSL_GUARDED_BY(mutex_);

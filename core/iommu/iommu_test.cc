@@ -1,6 +1,7 @@
 #include "core/iommu/iommu.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -255,6 +256,96 @@ TEST_F(IommuTest, FaultSubscribersSeeEveryFault) {
   EXPECT_EQ(fault->iova, 0x7000u);
   EXPECT_EQ(fault->domain_id, "d");
   ASSERT_TRUE(all_faults->Next(absl::Seconds(5)).has_value());
+}
+
+// ---------------------------------------------------------------- Invalidation events
+
+std::optional<InvalidationEvent> NextInvalidation(Subscription<InvalidationEvent>& sub) {
+  return sub.Next(absl::ZeroDuration());  // published synchronously: no wait needed
+}
+
+TEST_F(IommuTest, ParanoidUnmapPublishesItsRangeBeforeReplying) {
+  std::shared_ptr<Subscription<InvalidationEvent>> sub = *iommu_->SubscribeInvalidations("d", 16);
+  absl::StatusOr<MapResult> mapped = iommu_->Map(kDevice, Request(0x9000, 0x2000));
+  ASSERT_TRUE(mapped.ok());
+  EXPECT_FALSE(NextInvalidation(*sub).has_value());  // maps invalidate nothing
+  ASSERT_TRUE(iommu_->Unmap(kDevice, mapped->iova, 0x2000).ok());
+  std::optional<InvalidationEvent> event = NextInvalidation(*sub);
+  ASSERT_TRUE(event.has_value());
+  EXPECT_EQ(event->scope, InvalidationScope::kRange);
+  EXPECT_EQ(event->domain_id, "d");
+  EXPECT_EQ(event->iova, mapped->iova);
+  EXPECT_EQ(event->size, 0x2000u);
+}
+
+TEST_F(IommuTest, FastUnmapPublishesItsRangeWithTheBatchFlush) {
+  Build(Policy::kFast);
+  std::shared_ptr<Subscription<InvalidationEvent>> sub = *iommu_->SubscribeInvalidations("", 16);
+  absl::StatusOr<MapResult> mapped = iommu_->Map(kDevice, Request(0x9000, 0x1000));
+  ASSERT_TRUE(mapped.ok());
+  ASSERT_TRUE(iommu_->Unmap(kDevice, mapped->iova, 0x1000).ok());
+  EXPECT_FALSE(NextInvalidation(*sub).has_value());  // queued, not yet invalidated
+  ASSERT_TRUE(iommu_->Flush("d").ok());
+  std::optional<InvalidationEvent> event = NextInvalidation(*sub);
+  ASSERT_TRUE(event.has_value());
+  EXPECT_EQ(event->scope, InvalidationScope::kRange);
+  EXPECT_EQ(event->iova, mapped->iova);
+}
+
+TEST_F(IommuTest, AttachDetachAndDestroyPublishDeviceAndDomainInvalidations) {
+  std::shared_ptr<Subscription<InvalidationEvent>> sub = *iommu_->SubscribeInvalidations("", 16);
+  const uint32_t requester = iommu_->DescribeDevice(kDevice)->requester;
+  ASSERT_TRUE(iommu_->Detach(kDevice).ok());
+  std::optional<InvalidationEvent> event = NextInvalidation(*sub);
+  ASSERT_TRUE(event.has_value());
+  EXPECT_EQ(event->scope, InvalidationScope::kRequester);
+  EXPECT_EQ(event->device_id, kDevice);
+  EXPECT_EQ(event->requester, requester);
+  EXPECT_EQ(event->domain_id, "d");
+  ASSERT_TRUE(iommu_->DestroyDomain("d", /*force=*/false).ok());
+  event = NextInvalidation(*sub);
+  ASSERT_TRUE(event.has_value());
+  EXPECT_EQ(event->scope, InvalidationScope::kDomain);
+  EXPECT_EQ(event->domain_id, "d");
+}
+
+TEST_F(IommuTest, InvalidationSubscriptionsAreChecked) {
+  EXPECT_EQ(iommu_->SubscribeInvalidations("nope", 16).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(iommu_->SubscribeInvalidations("d", 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// ---------------------------------------------------------------- Control-plane views
+
+TEST_F(IommuTest, DescribeDomainAndDevice) {
+  absl::StatusOr<DomainInfo> domain = iommu_->DescribeDomain("d");
+  ASSERT_TRUE(domain.ok()) << domain.status();
+  EXPECT_THAT(domain->device_ids, ElementsAre(kDevice));
+  EXPECT_EQ(domain->config.policy, Policy::kParanoid);
+  ASSERT_TRUE(iommu_->SetPolicy("d", Policy::kFast).ok());
+  EXPECT_EQ(iommu_->DescribeDomain("d")->config.policy, Policy::kFast);  // the current one
+  absl::StatusOr<DeviceInfo> device = iommu_->DescribeDevice(kDevice);
+  ASSERT_TRUE(device.ok()) << device.status();
+  EXPECT_EQ(device->domain_id, "d");
+  EXPECT_EQ(device->config.dma_mask_bits, 64);
+  EXPECT_EQ(iommu_->DescribeDomain("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(iommu_->DescribeDevice("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(IommuTest, UpdateDeviceChangesTheMaskOnlyWhileDetached) {
+  absl::Status attached = iommu_->UpdateDevice(kDevice, {.dma_mask_bits = 32, .allow_bypass = true});
+  EXPECT_EQ(attached.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(attached.message(), HasSubstr("dma_mask_bits"));
+  EXPECT_FALSE(iommu_->DescribeDevice(kDevice)->config.allow_bypass);  // all or nothing
+  ASSERT_TRUE(iommu_->UpdateDevice(kDevice, {.allow_bypass = true}).ok());
+  EXPECT_TRUE(iommu_->DescribeDevice(kDevice)->config.allow_bypass);
+  ASSERT_TRUE(iommu_->Detach(kDevice).ok());
+  ASSERT_TRUE(iommu_->UpdateDevice(kDevice, {.dma_mask_bits = 32}).ok());
+  EXPECT_EQ(iommu_->DescribeDevice(kDevice)->config.dma_mask_bits, 32);
+  EXPECT_EQ(iommu_->UpdateDevice(kDevice, {.dma_mask_bits = 11}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(iommu_->UpdateDevice("nope", {}).code(), absl::StatusCode::kNotFound);
 }
 
 // ---------------------------------------------------------------- Policies

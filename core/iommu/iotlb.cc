@@ -215,7 +215,7 @@ std::optional<IotlbEntry> Iotlb::Lookup(uint32_t requester, uint64_t iova) {
       const uint64_t page_number = iova >> shift;
       uint64_t value;
       if (Probe(SetOf(page_number, shift), MakeTag(requester, shift, page_number), &value)) {
-        hits_.Add();
+        AddOwned(counts_.Local().hits, 1);
         const uint64_t page_size = uint64_t{1} << shift;
         return IotlbEntry{
             .iova = page_number << shift,
@@ -225,7 +225,7 @@ std::optional<IotlbEntry> Iotlb::Lookup(uint32_t requester, uint64_t iova) {
       }
     }
   }
-  misses_.Add();
+  AddOwned(counts_.Local().misses, 1);
   return std::nullopt;
 }
 
@@ -261,7 +261,7 @@ void Iotlb::Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry) 
   // invalidates had already cleared the page table.
   if (invalidations_begun_.load(std::memory_order_seq_cst) != token) {
     UnlockSet(set, locked_at, /*modified=*/false);
-    dropped_fills_.Add();
+    AddOwned(counts_.Local().dropped_fills, 1);
     return;
   }
   const uint32_t ways = geometry_.ways;
@@ -286,8 +286,9 @@ void Iotlb::Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry) 
   Word(set, kFirstTagWord + way).store(tag, std::memory_order_release);
   Word(set, kFirstTagWord + ways + way).store(value, std::memory_order_release);
   UnlockSet(set, locked_at, /*modified=*/true);
-  inserts_.Add();
-  if (evicting) evictions_.Add();
+  Counts& counts = counts_.Local();
+  AddOwned(counts.inserts, 1);
+  if (evicting) AddOwned(counts.evictions, 1);
 }
 
 template <typename Match>
@@ -312,7 +313,7 @@ void Iotlb::InvalidateEverywhere(const Match& match) {
   for (uint32_t index = 0; index < geometry_.sets; ++index) {
     removed += InvalidateInSet(&lines_[size_t{index} * lines_per_set_], match);
   }
-  if (removed != 0) invalidated_entries_.Add(static_cast<int64_t>(removed));
+  if (removed != 0) AddOwned(counts_.Local().invalidated_entries, static_cast<int64_t>(removed));
 }
 
 void Iotlb::InvalidateRange(uint64_t iova, uint64_t size, uint64_t granule) {
@@ -344,7 +345,7 @@ void Iotlb::InvalidateRange(uint64_t iova, uint64_t size, uint64_t granule) {
     removed += InvalidateInSet(SetOf(page, shift),
                                [target](uint64_t tag) { return AnyRequester(tag) == target; });
   }
-  if (removed != 0) invalidated_entries_.Add(static_cast<int64_t>(removed));
+  if (removed != 0) AddOwned(counts_.Local().invalidated_entries, static_cast<int64_t>(removed));
 }
 
 void Iotlb::InvalidateRequester(uint32_t requester) {
@@ -360,14 +361,19 @@ void Iotlb::InvalidateAll() {
 }
 
 IotlbStats Iotlb::Stats() const {
-  return IotlbStats{
-      .hits = static_cast<uint64_t>(hits_.Value()),
-      .misses = static_cast<uint64_t>(misses_.Value()),
-      .inserts = static_cast<uint64_t>(inserts_.Value()),
-      .dropped_fills = static_cast<uint64_t>(dropped_fills_.Value()),
-      .invalidated_entries = static_cast<uint64_t>(invalidated_entries_.Value()),
-      .evictions = static_cast<uint64_t>(evictions_.Value()),
-  };
+  IotlbStats stats;
+  counts_.ForEach([&](const Counts& counts) {
+    auto add = [](uint64_t& total, const std::atomic<int64_t>& count) {
+      total += static_cast<uint64_t>(count.load(std::memory_order_relaxed));
+    };
+    add(stats.hits, counts.hits);
+    add(stats.misses, counts.misses);
+    add(stats.inserts, counts.inserts);
+    add(stats.dropped_fills, counts.dropped_fills);
+    add(stats.invalidated_entries, counts.invalidated_entries);
+    add(stats.evictions, counts.evictions);
+  });
+  return stats;
 }
 
 }  // namespace iommu_broker

@@ -29,7 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/iommu/types.h"
-#include "core/util/striped_counter.h"
+#include "core/util/per_thread.h"
 
 namespace iommu_broker {
 
@@ -94,6 +94,16 @@ class Iotlb final {
   // One cache line of a set's storage. A set is `lines_per_set_` whole lines
   // of 64-bit words (see iotlb.cc for the layout), so no two sets share a line.
   struct Line;
+  // Statistics, one slot per thread (core/util/per_thread.h), so that
+  // lookups count with plain stores.
+  struct alignas(64) Counts {
+    std::atomic<int64_t> hits{0};
+    std::atomic<int64_t> misses{0};
+    std::atomic<int64_t> inserts{0};
+    std::atomic<int64_t> dropped_fills{0};
+    std::atomic<int64_t> invalidated_entries{0};
+    std::atomic<int64_t> evictions{0};
+  };
 
   Iotlb(IotlbGeometry geometry, PageSizeSet page_sizes);
 
@@ -124,12 +134,7 @@ class Iotlb final {
   std::unique_ptr<Line[]> lines_;
   // Bumped when any invalidation begins (see FillToken).
   std::atomic<uint64_t> invalidations_begun_{0};
-  StripedCounter hits_;
-  StripedCounter misses_;
-  StripedCounter inserts_;
-  StripedCounter dropped_fills_;
-  StripedCounter invalidated_entries_;
-  StripedCounter evictions_;
+  PerThread<Counts> counts_;
 };
 
 }  // namespace iommu_broker

@@ -349,8 +349,21 @@ std::optional<PageTable::Leaf> PageTable::FindLeaf(uint64_t from, uint64_t end) 
 }
 
 std::optional<PageTable::Removed> PageTable::Remove(uint64_t first_iova, uint64_t limit) {
-  // Mark the first leaf, which keeps it translating: if the mapping extends
-  // past `limit`, it is put back untouched, and translations never miss it.
+  return RemoveEndingIn(first_iova, first_iova + 1, limit);
+}
+
+std::optional<PageTable::Removed> PageTable::RemoveExactly(uint64_t iova, uint64_t end) {
+  return RemoveEndingIn(iova, end, end);
+}
+
+std::optional<PageTable::Removed> PageTable::RemoveEndingIn(uint64_t first_iova, uint64_t min_end,
+                                                             uint64_t limit) {
+  // Nothing is mapped at or above 2^48, and a walk of such an address would
+  // alias it onto a lower one.
+  if (first_iova >= (uint64_t{1} << kIovaBits)) return std::nullopt;
+  // Mark the first leaf, which keeps it translating: if the mapping ends
+  // outside [min_end, limit], it is put back untouched, and translations
+  // never miss it.
   // A leaf another remover is measuring is waited for (a bounded walk): it
   // may be put back, and then it is ours to remove. The walk starts again
   // from the root each time, since that remover may unlink the table.
@@ -394,10 +407,17 @@ std::optional<PageTable::Removed> PageTable::Remove(uint64_t first_iova, uint64_
     leaf_size = next->size;
     leaf_entry = next->last ? kLast : 0;
   }
+  if (removed.iova + removed.size < min_end) {
+    first->store(entry, std::memory_order_release);  // ends short of the range: untouched
+    return std::nullopt;
+  }
   if (removed.origin == IovaOrigin::kClaimed) {
     // Keep every slot claimed until Release(): the IOVA must not be reused
     // before its invalidation.
     ClaimRange(removed.iova, removed.iova + removed.size, claimed);
+  } else if (removed.size == Span(level)) {
+    // One leaf: no table lies inside its span, so clearing is this store.
+    first->store(0, std::memory_order_release);
   } else {
     // Leaves of unlinked tables are emptied too: a walk that fetched the
     // table before the unlink may read them after the invalidation began,

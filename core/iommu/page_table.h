@@ -128,6 +128,9 @@ class PageTable final {
   // below `limit`. nullopt: no complete mapping starts there, it extends past
   // `limit` (left untouched), or a concurrent Remove won it.
   std::optional<Removed> Remove(uint64_t first_iova, uint64_t limit);
+  // Removes the mapping covering exactly [iova, end), if there is one;
+  // nullopt (nothing touched) if none starts at `iova` or it ends elsewhere.
+  std::optional<Removed> RemoveExactly(uint64_t iova, uint64_t end);
   // Empties a kClaimed range kept claimed by Remove. Returns reclaim_due.
   bool Release(uint64_t iova, uint64_t size);
 
@@ -147,6 +150,9 @@ class PageTable final {
   TablePage* EnsureTable(std::atomic<uint64_t>& slot);
   // Hands an unlinked subtree to the reclaimer; returns reclaim_due.
   bool Unlink(TablePage* page, int level);
+  // Removes the mapping whose first leaf is at `first_iova` if it ends in
+  // [min_end, limit].
+  std::optional<Removed> RemoveEndingIn(uint64_t first_iova, uint64_t min_end, uint64_t limit);
   // The slot that holds `iova`'s leaf (or the empty slot where a walk stops).
   std::atomic<uint64_t>* FindSlot(uint64_t iova, int* level) const;
   std::optional<Leaf> FindIn(const TablePage* page, int level, uint64_t from, uint64_t end) const;

@@ -113,6 +113,10 @@ class PageTableTest : public ::testing::Test {
     EpochReclaimer::Guard guard(reclaimer_);
     return table_.Remove(first_iova, limit);
   }
+  std::optional<PageTable::Removed> RemoveExactly(uint64_t iova, uint64_t end) {
+    EpochReclaimer::Guard guard(reclaimer_);
+    return table_.RemoveExactly(iova, end);
+  }
   bool Release(uint64_t iova, uint64_t size) {
     EpochReclaimer::Guard guard(reclaimer_);
     return table_.Release(iova, size);
@@ -538,6 +542,43 @@ TEST_F(PageTableTest, RemoveLeavesAMappingPastTheLimitUntouched) {
   std::optional<PageTable::Removed> removed = Remove(iova, iova + size);
   ASSERT_TRUE(removed.has_value());
   EXPECT_EQ(removed->size, size);
+}
+
+TEST_F(PageTableTest, RemoveExactlyTakesOnlyTheMappingOfThatRange) {
+  const uint64_t iova = kBase + k2M - k4K;
+  const uint64_t size = 2 * k2M + 2 * k4K;  // 4 KiB, 2 MiB, 2 MiB, 4 KiB leaves
+  ASSERT_TRUE(Install(MakeMapping(iova, size, kPage4K | kPage2M)).has_value());
+  const std::string before = Snapshot();
+  for (uint64_t end : {iova + size - k4K, iova + size + k4K, iova + 2 * size}) {
+    SCOPED_TRACE(absl::StrFormat("end %#x", end));
+    EXPECT_FALSE(RemoveExactly(iova, end).has_value());
+    EXPECT_EQ(Snapshot(), before);
+  }
+  EXPECT_FALSE(RemoveExactly(iova + k4K, iova + size).has_value());  // not its first leaf
+  EXPECT_FALSE(RemoveExactly(iova + (uint64_t{1} << 48), iova + size).has_value());  // aliases
+  EXPECT_EQ(Snapshot(), before);
+  std::optional<PageTable::Removed> removed = RemoveExactly(iova, iova + size);
+  ASSERT_TRUE(removed.has_value());
+  EXPECT_EQ(removed->size, size);
+  EXPECT_EQ(removed->leaf_sizes, kPage4K | kPage2M);
+  EXPECT_EQ(Census().leaves.leaves_4k + Census().leaves.leaves_2m, 0u);
+}
+
+TEST_F(PageTableTest, RemovingASingleLeafEmptiesItsSlot) {
+  ASSERT_TRUE(Install(MakeMapping(kBase + k2M, k2M, kPage4K | kPage2M)).has_value());
+  ASSERT_TRUE(Install(MakeMapping(kBase + 2 * k2M, k4K)).has_value());
+  const uint64_t tables = table_.table_pages();
+  std::optional<PageTable::Removed> removed = RemoveExactly(kBase + k2M, kBase + 2 * k2M);
+  ASSERT_TRUE(removed.has_value());
+  EXPECT_EQ(removed->leaf_sizes, kPage2M);
+  ASSERT_TRUE(Remove(kBase + 2 * k2M, kIovaEnd).has_value());
+  const PageTable::Census census = Census();
+  EXPECT_EQ(census.leaves.leaves_4k + census.leaves.leaves_2m, 0u);
+  EXPECT_EQ(census.claimed_slots, 0u);
+  EXPECT_EQ(table_.table_pages(), tables);  // a leaf's removal unlinks no table
+  // The emptied slots take new mappings of either size.
+  EXPECT_TRUE(Install(MakeMapping(kBase + k2M, k4K)).has_value());
+  EXPECT_TRUE(Install(MakeMapping(kBase + 2 * k2M, k2M, kPage4K | kPage2M)).has_value());
 }
 
 TEST_F(PageTableTest, SecondRemoveOfAMappingReturnsNullopt) {
@@ -1025,6 +1066,47 @@ TEST(EpochReclaimerTest, GuardsOnOtherThreadsAfterRetireDoNotStarveReclaim) {
   stop = true;
   for (std::thread& churner : churners) churner.join();
   EXPECT_EQ(ran, 20);
+}
+
+TEST(EpochReclaimerTest, ThreadsThatExitedDoNotHoldUpReclaim) {
+  // Every thread that takes a guard gets a slot; exited threads' slots are
+  // dropped, and a thread that exits inside no guard is never waited for.
+  EpochReclaimer reclaimer;
+  for (int round = 0; round < 4; ++round) {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 8; ++i) {
+      threads.emplace_back([&] {
+        EpochReclaimer::Guard outer(reclaimer);
+        EpochReclaimer::Guard inner(reclaimer);
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
+    int ran = 0;
+    reclaimer.Retire([&] { ++ran; });
+    reclaimer.Reclaim();
+    EXPECT_EQ(ran, 1);
+  }
+}
+
+TEST(EpochReclaimerTest, EachReclaimerWaitsForItsOwnGuards) {
+  // One thread uses reclaimer after reclaimer, likely at recycled addresses:
+  // a guard must always count with the reclaimer it was taken of.
+  for (int round = 0; round < 5; ++round) {
+    auto reclaimer = std::make_unique<EpochReclaimer>();
+    EpochReclaimer other;
+    std::atomic<bool> ran{false};
+    std::thread reclaiming;
+    {
+      EpochReclaimer::Guard guard(*reclaimer);
+      EpochReclaimer::Guard unrelated(other);
+      reclaimer->Retire([&] { ran = true; });
+      reclaiming = std::thread([&] { reclaimer->Reclaim(); });
+      LetOthersRun();
+      EXPECT_FALSE(ran.load()) << "round " << round;
+    }
+    reclaiming.join();
+    EXPECT_TRUE(ran.load());
+  }
 }
 
 TEST(EpochReclaimerTest, ReadersNeverSeeAFreedObject) {

@@ -121,6 +121,24 @@ struct TranslateResult {
   bool stale = false;
 };
 
+// What an IOTLB invalidation removed, as a device-side cache must repeat it.
+enum class InvalidationScope {
+  kRange,      // [iova, iova + size), any requester
+  kRequester,  // every entry of one device
+  kDomain,     // every entry of the domain
+};
+
+// An invalidation that took effect: published after the domain's IOTLB
+// dropped the entries and before the IOVAs they covered can be reused.
+struct InvalidationEvent {
+  InvalidationScope scope = InvalidationScope::kRange;
+  std::string domain_id = {};
+  uint64_t iova = 0;           // kRange
+  uint64_t size = 0;           // kRange
+  uint32_t requester = 0;      // kRequester
+  std::string device_id = {};  // kRequester
+};
+
 // Counters of DMA-API misuse (the kernel's DMA-API debugging, as a service).
 struct DmaDebugCounts {
   uint64_t wrong_size_unmaps = 0;  // unmap that would split a mapping

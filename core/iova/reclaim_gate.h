@@ -23,17 +23,9 @@
 #include <atomic>
 #include <cstdint>
 
+#include "core/util/heavy_barrier.h"
+
 namespace iommu_broker {
-
-// How the reclaimer's heavy barrier is made; chosen once per allocator.
-enum class HeavyBarrier {
-  kMembarrier,  // membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)
-  kFence,       // both sides use std::atomic_thread_fence(seq_cst)
-};
-
-// Registers the process for expedited membarriers and returns kMembarrier,
-// or kFence if the kernel refuses. Idempotent.
-HeavyBarrier RegisterHeavyBarrier();
 
 class ReclaimGate final {
  public:
@@ -49,7 +41,7 @@ class ReclaimGate final {
     if (reclaiming_.load(std::memory_order_seq_cst) == 0) return true;
 #else
     busy_.store(1, std::memory_order_relaxed);
-    LightBarrier();
+    LightBarrier(barrier_);
     if (reclaiming_.load(std::memory_order_acquire) == 0) return true;
 #endif
     busy_.store(0, std::memory_order_release);
@@ -63,14 +55,6 @@ class ReclaimGate final {
   void EndReclaim() { reclaiming_.store(0, std::memory_order_release); }
 
  private:
-  void LightBarrier() const {
-    if (barrier_ == HeavyBarrier::kMembarrier) {
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-    } else {
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-    }
-  }
-
   const HeavyBarrier barrier_;
   std::atomic<uint32_t> busy_{0};        // written by the owner only
   std::atomic<uint32_t> reclaiming_{0};  // written by reclaimers only

@@ -1326,6 +1326,28 @@ TEST_P(FixedIovaTest, DisjointWindowsSharingTablePages) {
       if (faulted) tally.after_unmap_faulted.fetch_add(1, std::memory_order_relaxed);
       if (stale_old) tally.after_unmap_stale_old.fetch_add(1, std::memory_order_relaxed);
     };
+    // After the unmap and a flush of that window: whatever policy, the
+    // invalidation has completed, so no IOTLB entry may still reach the old
+    // PA (stale or not); the translation walks and faults.
+    auto expect_flushed = [&](const Live& live) {
+      if (absl::Status status = iommu->Flush(kDomain); !status.ok()) {
+        failures.Add(status.ToString());
+        return;
+      }
+      const uint64_t length = std::min<uint64_t>(live.record->size, 2 * kMiB);
+      absl::StatusOr<TranslateResult> result =
+          iommu->Translate(device, live.iova, length, Access::kRead);
+      if (!result.ok()) {
+        failures.Add(result.status().ToString());
+        return;
+      }
+      tally.Count(*result);
+      if (!result->faulted || result->fault.reason != FaultReason::kNotMapped) {
+        failures.Add(absl::StrCat(device.id(), ": unmapped and flushed iova ", Hex(live.iova),
+                                  " (was PA ", Hex(live.record->pa), ") under ", PolicyName(policy),
+                                  " translated to ", Describe(*result)));
+      }
+    };
     auto unmap_exact = [&](Live& live) {
       absl::StatusOr<UnmapResult> unmapped = iommu->Unmap(device, live.iova, live.record->size);
       if (!unmapped.ok() || unmapped->bytes_unmapped != live.record->size ||
@@ -1336,6 +1358,7 @@ TEST_P(FixedIovaTest, DisjointWindowsSharingTablePages) {
       } else {
         tally.unmaps.fetch_add(1, std::memory_order_relaxed);
         expect_unmapped(live);
+        if (rng() % 4 == 0) expect_flushed(live);
       }
       live = Live{};
     };

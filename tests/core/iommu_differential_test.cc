@@ -455,7 +455,9 @@ class Sequence {
                    const MapRequest& request, const std::string& refusal_needle);
   void ExpectFault(const TranslateResult& got, ModelDomain* domain, ModelDevice& device,
                    uint64_t iova, Access access, FaultReason reason);
-  void CheckLastFault(const std::string& domain_id, uint64_t count, const Fault& want);
+  // The newest fault in `domain_id`'s log (the IOMMU's when empty) is
+  // `want`, numbered `sequence` (broker-wide).
+  void CheckLastFault(const std::string& domain_id, uint64_t sequence, const Fault& want);
   // A device leaves `domain`: its leaks are counted; its IOTLB entries are
   // dropped when `invalidate`.
   LiveMappings DetachModel(ModelDevice& device, bool invalidate);
@@ -1022,19 +1024,21 @@ void Sequence::FlushModel(ModelDomain& domain) {
   domain.pending.clear();
 }
 
-void Sequence::CheckLastFault(const std::string& domain_id, uint64_t count, const Fault& want) {
-  absl::StatusOr<std::vector<Fault>> recent = iommu_->RecentFaults(domain_id, count - 1);
+void Sequence::CheckLastFault(const std::string& domain_id, uint64_t sequence, const Fault& want) {
+  DIFF_EXPECT(want.sequence == sequence,
+              absl::StrCat("translate reported fault #", want.sequence, "; want #", sequence));
+  absl::StatusOr<std::vector<Fault>> recent = iommu_->RecentFaults(domain_id, sequence - 1);
   DIFF_EXPECT(recent.ok() && recent->size() == 1,
-              absl::StrCat("RecentFaults('", domain_id, "', ", count - 1, "): ",
+              absl::StrCat("RecentFaults('", domain_id, "', ", sequence - 1, "): ",
                            recent.ok() ? absl::StrCat(recent->size(), " faults")
                                        : StatusText(recent.status())));
   const Fault& got = recent->front();
-  DIFF_EXPECT(got.sequence == count && got.iova == want.iova && got.reason == want.reason &&
+  DIFF_EXPECT(got.sequence == sequence && got.iova == want.iova && got.reason == want.reason &&
                   got.device_id == want.device_id && got.domain_id == want.domain_id &&
                   got.access == want.access,
               absl::StrCat("fault log '", domain_id, "' holds #", got.sequence, " ",
                            FaultReasonName(got.reason), " at ", Hex(got.iova), " by ",
-                           got.device_id, " in '", got.domain_id, "'; want #", count, " ",
+                           got.device_id, " in '", got.domain_id, "'; want #", sequence, " ",
                            FaultReasonName(want.reason), " at ", Hex(want.iova)));
 }
 
@@ -1055,7 +1059,8 @@ void Sequence::ExpectFault(const TranslateResult& got, ModelDomain* domain, Mode
       ++domain->debug.dma_after_unmap;
       ++device.debug.dma_after_unmap;
     }
-    CheckLastFault(domain_id, domain->faults, got.fault);
+    // Sequence numbers are broker-wide: the domain's log holds the same one.
+    CheckLastFault(domain_id, iommu_faults_, got.fault);
     if (failed()) return;
   }
   CheckLastFault("", iommu_faults_, got.fault);
@@ -1425,7 +1430,7 @@ void Sequence::Map(const std::string& device_id, const MapRequest& request) {
     }
     if (end - 1 > device.mask) return ExpectError(got.status(), Code::kOutOfRange, Hex(iova));
     if (const ReservedRegion* region = domain.ReservedOverlap(iova, request.size)) {
-      return ExpectError(got.status(), Code::kFailedPrecondition, region->name);
+      return ExpectError(got.status(), Code::kAlreadyExists, region->name);
     }
     Cover("map fixed: placement checked");
     if (iova < domain.identity_end) {
