@@ -38,5 +38,6 @@ configure_and_build build-asan -DIOMMU_SANITIZE=address -DIOMMU_BUILD_BENCHMARKS
 run_ctest build-asan
 
 echo "=== ThreadSanitizer build: concurrency tests ==="
-configure_and_build build-tsan -DIOMMU_SANITIZE=thread -DIOMMU_BUILD_BENCHMARKS=OFF
+configure_and_build build-tsan -DIOMMU_SANITIZE=thread -DIOMMU_BUILD_BENCHMARKS=OFF \
+  -DIOMMU_BUILD_SERVER=OFF
 run_ctest build-tsan -L concurrency

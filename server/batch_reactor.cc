@@ -1,0 +1,54 @@
+#include "server/batch_reactor.h"
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "server/data_path.h"
+
+namespace iommu_broker {
+
+BatchReactor::BatchReactor(Iommu& iommu, size_t max_operations, StreamLimit& streams,
+                           const std::atomic<bool>& draining)
+    : iommu_(iommu), max_operations_(max_operations), streams_(streams), draining_(draining) {
+  StartRead(&request_);
+}
+
+void BatchReactor::OnReadDone(bool ok) {
+  if (!ok) {  // the client closed its side: every batch was answered
+    Finish(grpc::Status::OK);
+    return;
+  }
+  if (draining_.load(std::memory_order_acquire)) {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the broker is shutting down; this batch was not run"));
+    return;
+  }
+  const size_t operations = static_cast<size_t>(request_.operations_size());
+  if (operations > max_operations_) {
+    Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("batch of ", operations, " operations exceeds the limit of ",
+                                     max_operations_, "; nothing in it was run")));
+    return;
+  }
+  response_.Clear();
+  DataPath data_path(iommu_);
+  for (const v1::Operation& operation : request_.operations()) {
+    data_path.Run(operation, response_.add_results());
+  }
+  StartWrite(&response_);
+}
+
+void BatchReactor::OnWriteDone(bool ok) {
+  if (!ok) {  // cancelled or disconnected; the operations already ran
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
+    return;
+  }
+  StartRead(&request_);
+}
+
+void BatchReactor::OnDone() {
+  streams_.Release();
+  delete this;
+}
+
+}  // namespace iommu_broker

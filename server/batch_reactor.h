@@ -1,0 +1,47 @@
+// BatchReactor serves one Batch stream: it reads a BatchRequest, runs its
+// operations in order (each with its own status), writes the BatchResponse,
+// and reads the next, reusing one request and one response buffer for the
+// stream's life. A message above the operation limit ends the stream with
+// RESOURCE_EXHAUSTED; once the broker drains, the next message ends it with
+// UNAVAILABLE without running it.
+//
+// Created by BrokerService::Batch; gRPC owns it until OnDone, which deletes
+// it and returns its stream slot.
+//
+// Thread-safety: gRPC runs at most one of its reactions at a time.
+#ifndef IOMMU_BROKER_SERVER_BATCH_REACTOR_H_
+#define IOMMU_BROKER_SERVER_BATCH_REACTOR_H_
+
+#include <atomic>
+#include <cstddef>
+
+#include "core/iommu/iommu.h"
+#include "grpcpp/support/server_callback.h"
+#include "iommu_broker/v1/iommu_broker.pb.h"
+#include "server/stream_limit.h"
+
+namespace iommu_broker {
+
+class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse> {
+ public:
+  // `slot` was acquired from `streams` for this stream; `draining` and the
+  // rest outlive it.
+  BatchReactor(Iommu& iommu, size_t max_operations, StreamLimit& streams,
+               const std::atomic<bool>& draining);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnDone() override;
+
+ private:
+  Iommu& iommu_;
+  const size_t max_operations_;
+  StreamLimit& streams_;
+  const std::atomic<bool>& draining_;
+  v1::BatchRequest request_;
+  v1::BatchResponse response_;
+};
+
+}  // namespace iommu_broker
+
+#endif  // IOMMU_BROKER_SERVER_BATCH_REACTOR_H_

@@ -1,0 +1,126 @@
+#include "server/broker_server.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "prometheus/gauge.h"
+#include "server/broker_config.h"
+#include "server/convert.h"
+
+namespace iommu_broker {
+
+absl::StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Start(const v1::BrokerConfig& config,
+                                                                  Logger& log) {
+  absl::StatusOr<IommuOptions> options = IommuOptionsFromConfig(config);
+  if (!options.ok()) return options.status();
+  absl::StatusOr<ServiceLimits> limits = ServiceLimitsFromConfig(config);
+  if (!limits.ok()) return limits.status();
+  if (absl::Status grace = ShutdownGracePeriod(config).status(); !grace.ok()) return grace;
+
+  std::unique_ptr<BrokerServer> server(new BrokerServer());
+  server->log_ = &log;
+  absl::StatusOr<std::unique_ptr<Iommu>> iommu = Iommu::Create(*options);
+  if (!iommu.ok()) return iommu.status();
+  server->iommu_ = *std::move(iommu);
+  if (absl::Status status = server->CreateStartupObjects(config); !status.ok()) return status;
+  server->service_ = std::make_unique<BrokerService>(*server->iommu_, *limits, log);
+  if (absl::Status status = server->StartMetrics(MetricsListenAddress(config)); !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = server->StartGrpc(config, *limits); !status.ok()) return status;
+  return server;
+}
+
+absl::Status BrokerServer::CreateStartupObjects(const v1::BrokerConfig& config) {
+  for (int i = 0; i < config.domains_size(); ++i) {
+    absl::StatusOr<DomainConfig> domain = DomainConfigFromProto(config.domains(i));
+    absl::Status status = domain.ok() ? iommu_->CreateDomain(*domain) : domain.status();
+    if (!status.ok()) {
+      return absl::Status(status.code(), absl::StrCat("domains[", i, "]: ", status.message()));
+    }
+    log_->Info("domain_created", {{"domain", domain->id}, {"policy", PolicyName(domain->policy)}});
+  }
+  for (int i = 0; i < config.devices_size(); ++i) {
+    const v1::StartupDevice& startup = config.devices(i);
+    absl::StatusOr<DeviceConfig> device = DeviceConfigFromProto(startup.device());
+    absl::Status status = device.ok() ? iommu_->AddDevice(*device) : device.status();
+    if (status.ok() && !startup.attach_to_domain_id().empty()) {
+      status = iommu_->Attach(device->id, startup.attach_to_domain_id()).status();
+    }
+    if (!status.ok()) {
+      return absl::Status(status.code(), absl::StrCat("devices[", i, "]: ", status.message()));
+    }
+    log_->Info("device_registered",
+               {{"device", device->id}, {"domain", startup.attach_to_domain_id()}});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BrokerServer::StartMetrics(const std::string& address) {
+  if (address.empty()) return absl::OkStatus();
+  registry_ = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge()
+      .Name("iommu_broker_build_info")
+      .Help("Always 1; labels say which broker build is running.")
+      .Register(*registry_)
+      .Add({{"version", IOMMU_BROKER_VERSION}})
+      .Set(1);
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(address);
+  } catch (const std::exception& error) {  // civetweb reports bind failures by throwing
+    return absl::UnavailableError(
+        absl::StrCat("metrics listen address ", address, " cannot be bound: ", error.what()));
+  }
+  exposer_->RegisterCollectable(registry_);
+  log_->Info("metrics_listening", {{"address", address}});
+  return absl::OkStatus();
+}
+
+absl::Status BrokerServer::StartGrpc(const v1::BrokerConfig& config, const ServiceLimits& limits) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  listen_address_ = ListenAddress(config);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen_address_, grpc::InsecureServerCredentials(), &port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(MaxMessageBytes(config)));
+  builder.SetMaxSendMessageSize(static_cast<int>(MaxMessageBytes(config)));
+  builder.RegisterService(service_.get());
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("listen address ", listen_address_, " cannot be bound"));
+  }
+  if (absl::StartsWith(listen_address_, "unix:")) port_ = 0;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(std::string(kServiceName), true);
+  health->SetServingStatus(true);
+  log_->Info("serving", {{"address", listen_address_}, {"port", port_},
+                         {"max_batch_operations", limits.max_batch_operations},
+                         {"max_concurrent_streams", limits.max_concurrent_streams}});
+  return absl::OkStatus();
+}
+
+void BrokerServer::Shutdown(absl::Duration grace) {
+  std::call_once(shutdown_once_, [&] {
+    log_->Info("draining", {{"grace_period", absl::FormatDuration(grace)}});
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    service_->Drain();
+    server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(grace));
+    for (const std::string& id : iommu_->DomainIds()) iommu_->Flush(id).IgnoreError();
+    log_->Info("stopped");
+  });
+}
+
+void BrokerServer::Wait() { server_->Wait(); }
+
+BrokerServer::~BrokerServer() {
+  if (server_ != nullptr) Shutdown(absl::ZeroDuration());
+}
+
+}  // namespace iommu_broker

@@ -1,0 +1,133 @@
+// BrokerService implements the iommu_broker.v1.IommuBroker gRPC service on
+// the engine (core/iommu), with gRPC's callback API: unary calls run on the
+// engine inline (its work is bounded), Batch and WatchEvents are reactors.
+// Every request is validated; a refused request changes nothing; errors
+// become gRPC statuses in one place (server/status.h). Admin actions are
+// logged, data-path operations never.
+//
+//   BrokerService service(iommu, limits, logger);
+//   grpc::ServerBuilder builder;
+//   builder.RegisterService(&service);
+//   ...
+//   service.Drain();  // on shutdown, before grpc::Server::Shutdown
+//
+// Thread-safety: thread-safe.
+#ifndef IOMMU_BROKER_SERVER_BROKER_SERVICE_H_
+#define IOMMU_BROKER_SERVER_BROKER_SERVICE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <mutex>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "core/iommu/iommu.h"
+#include "iommu_broker/v1/iommu_broker.grpc.pb.h"
+#include "server/log.h"
+#include "server/stream_limit.h"
+
+namespace iommu_broker {
+
+class WatchReactor;
+
+struct ServiceLimits {
+  size_t max_batch_operations = 4096;    // per Batch message
+  size_t max_concurrent_streams = 256;   // Batch + WatchEvents
+  size_t watch_queue_capacity = 4096;    // faults queued per watcher
+};
+
+class BrokerService final : public v1::IommuBroker::CallbackService {
+ public:
+  // `iommu` and `log` must outlive the service and every call it serves.
+  BrokerService(Iommu& iommu, const ServiceLimits& limits, Logger& log);
+  BrokerService(const BrokerService&) = delete;
+  BrokerService& operator=(const BrokerService&) = delete;
+
+  // Shutdown: ends every WatchEvents stream, refuses new ones, and ends each
+  // Batch stream at its next message, UNAVAILABLE. Unary calls still run
+  // (gRPC's own shutdown stops accepting them).
+  void Drain();
+  size_t active_streams() const { return streams_.active(); }
+
+  grpc::ServerUnaryReactor* CreateDomain(grpc::CallbackServerContext* context,
+                                         const v1::CreateDomainRequest* request,
+                                         v1::Domain* response) override;
+  grpc::ServerUnaryReactor* DestroyDomain(grpc::CallbackServerContext* context,
+                                          const v1::DestroyDomainRequest* request,
+                                          v1::DestroyDomainResponse* response) override;
+  grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext* context,
+                                      const v1::GetDomainRequest* request,
+                                      v1::Domain* response) override;
+  grpc::ServerUnaryReactor* ListDomains(grpc::CallbackServerContext* context,
+                                        const v1::ListDomainsRequest* request,
+                                        v1::ListDomainsResponse* response) override;
+  grpc::ServerUnaryReactor* SetDomainPolicy(grpc::CallbackServerContext* context,
+                                            const v1::SetDomainPolicyRequest* request,
+                                            v1::Domain* response) override;
+
+  grpc::ServerUnaryReactor* RegisterDevice(grpc::CallbackServerContext* context,
+                                           const v1::RegisterDeviceRequest* request,
+                                           v1::Device* response) override;
+  grpc::ServerUnaryReactor* UpdateDevice(grpc::CallbackServerContext* context,
+                                         const v1::UpdateDeviceRequest* request,
+                                         v1::Device* response) override;
+  grpc::ServerUnaryReactor* UnregisterDevice(grpc::CallbackServerContext* context,
+                                             const v1::UnregisterDeviceRequest* request,
+                                             v1::UnregisterDeviceResponse* response) override;
+  grpc::ServerUnaryReactor* AttachDevice(grpc::CallbackServerContext* context,
+                                         const v1::AttachDeviceRequest* request,
+                                         v1::AttachDeviceResponse* response) override;
+  grpc::ServerUnaryReactor* DetachDevice(grpc::CallbackServerContext* context,
+                                         const v1::DetachDeviceRequest* request,
+                                         v1::DetachDeviceResponse* response) override;
+  grpc::ServerUnaryReactor* GetDevice(grpc::CallbackServerContext* context,
+                                      const v1::GetDeviceRequest* request,
+                                      v1::Device* response) override;
+  grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* context,
+                                        const v1::ListDevicesRequest* request,
+                                        v1::ListDevicesResponse* response) override;
+
+  grpc::ServerUnaryReactor* Map(grpc::CallbackServerContext* context,
+                                const v1::MapRequest* request,
+                                v1::MapResponse* response) override;
+  grpc::ServerUnaryReactor* Unmap(grpc::CallbackServerContext* context,
+                                  const v1::UnmapRequest* request,
+                                  v1::UnmapResponse* response) override;
+  grpc::ServerUnaryReactor* Translate(grpc::CallbackServerContext* context,
+                                      const v1::TranslateRequest* request,
+                                      v1::TranslateResponse* response) override;
+  grpc::ServerUnaryReactor* Flush(grpc::CallbackServerContext* context,
+                                  const v1::FlushRequest* request,
+                                  v1::FlushResponse* response) override;
+
+  grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse>* Batch(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerWriteReactor<v1::Event>* WatchEvents(grpc::CallbackServerContext* context,
+                                                   const v1::WatchEventsRequest* request) override;
+
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
+                                     const v1::GetStatsRequest* request,
+                                     v1::GetStatsResponse* response) override;
+
+ private:
+  // Fills `response` from the engine; the status says whether it could.
+  absl::Status DescribeDomain(const std::string& domain_id, v1::Domain* response) const;
+  absl::Status DescribeDevice(const std::string& device_id, v1::Device* response) const;
+  absl::Status StatsOf(const v1::GetStatsRequest& request, v1::GetStatsResponse* response) const;
+  // Logs an admin action: event=`action`, its fields, result=ok or the code.
+  void Audit(absl::string_view action, const absl::Status& status,
+             std::initializer_list<LogField> fields);
+  void Forget(WatchReactor* watcher);
+
+  Iommu& iommu_;
+  const ServiceLimits limits_;
+  Logger& log_;
+  StreamLimit streams_;
+  std::atomic<bool> draining_{false};
+  std::mutex watchers_mutex_;
+  absl::flat_hash_set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mutex_);
+};
+
+}  // namespace iommu_broker
+
+#endif  // IOMMU_BROKER_SERVER_BROKER_SERVICE_H_

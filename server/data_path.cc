@@ -1,0 +1,81 @@
+#include "server/data_path.h"
+
+#include <utility>
+
+#include "server/convert.h"
+#include "server/status.h"
+
+namespace iommu_broker {
+
+absl::StatusOr<Device*> DataPath::FindDevice(const std::string& device_id) {
+  auto it = devices_.find(device_id);
+  if (it != devices_.end()) return it->second.get();
+  absl::StatusOr<std::shared_ptr<Device>> device = iommu_.FindDevice(device_id);
+  if (!device.ok()) return device.status();
+  Device* found = device->get();
+  devices_.emplace(device_id, *std::move(device));
+  return found;
+}
+
+absl::Status DataPath::Map(const v1::MapRequest& request, v1::MapResponse* response) {
+  absl::StatusOr<MapRequest> map = MapRequestFromProto(request);
+  if (!map.ok()) return map.status();
+  absl::StatusOr<Device*> device = FindDevice(request.device_id());
+  if (!device.ok()) return device.status();
+  absl::StatusOr<MapResult> result = iommu_.Map(**device, *map);
+  if (!result.ok()) return result.status();
+  MapResultToProto(*result, response);
+  return absl::OkStatus();
+}
+
+absl::Status DataPath::Unmap(const v1::UnmapRequest& request, v1::UnmapResponse* response) {
+  absl::StatusOr<Device*> device = FindDevice(request.device_id());
+  if (!device.ok()) return device.status();
+  absl::StatusOr<UnmapResult> result = iommu_.Unmap(**device, request.iova(), request.size());
+  if (!result.ok()) return result.status();
+  UnmapResultToProto(*result, response);
+  return absl::OkStatus();
+}
+
+absl::Status DataPath::Translate(const v1::TranslateRequest& request,
+                                 v1::TranslateResponse* response) {
+  absl::StatusOr<Access> access = AccessFromProto(request.access());
+  if (!access.ok()) return access.status();
+  absl::StatusOr<Device*> device = FindDevice(request.device_id());
+  if (!device.ok()) return device.status();
+  absl::StatusOr<TranslateResult> result =
+      iommu_.Translate(**device, request.iova(), request.size(), *access);
+  if (!result.ok()) return result.status();
+  TranslateResultToProto(*result, response);
+  return absl::OkStatus();
+}
+
+absl::Status DataPath::Flush(const v1::FlushRequest& request) {
+  return iommu_.Flush(request.domain_id());
+}
+
+void DataPath::Run(const v1::Operation& operation, v1::OperationResult* result) {
+  absl::Status status;
+  switch (operation.op_case()) {
+    case v1::Operation::kMap:
+      status = Map(operation.map(), result->mutable_map());
+      break;
+    case v1::Operation::kUnmap:
+      status = Unmap(operation.unmap(), result->mutable_unmap());
+      break;
+    case v1::Operation::kTranslate:
+      status = Translate(operation.translate(), result->mutable_translate());
+      break;
+    case v1::Operation::kFlush:
+      status = Flush(operation.flush());
+      if (status.ok()) result->mutable_flush();
+      break;
+    case v1::Operation::OP_NOT_SET:
+      status = absl::InvalidArgumentError("operation has none of map, unmap, translate, flush");
+      break;
+  }
+  if (!status.ok()) result->clear_result();
+  ToOperationStatus(status, result->mutable_status());
+}
+
+}  // namespace iommu_broker

@@ -1,0 +1,47 @@
+// DataPath runs the API's data-path operations (map, unmap, translate,
+// flush) on the engine, for both the unary RPCs and the Batch stream. It
+// resolves device ids once per DataPath: a Batch stream uses one per
+// message, so a device's lookup (a lock in the engine) is paid once per
+// message rather than once per operation.
+//
+//   DataPath data_path(iommu);
+//   absl::Status status = data_path.Map(request, &response);
+//
+// Thread-safety: not thread-safe (the device cache); the Iommu is.
+#ifndef IOMMU_BROKER_SERVER_DATA_PATH_H_
+#define IOMMU_BROKER_SERVER_DATA_PATH_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/iommu/iommu.h"
+#include "iommu_broker/v1/iommu_broker.pb.h"
+
+namespace iommu_broker {
+
+class DataPath final {
+ public:
+  explicit DataPath(Iommu& iommu) : iommu_(iommu) {}
+  DataPath(const DataPath&) = delete;
+  DataPath& operator=(const DataPath&) = delete;
+
+  absl::Status Map(const v1::MapRequest& request, v1::MapResponse* response);
+  absl::Status Unmap(const v1::UnmapRequest& request, v1::UnmapResponse* response);
+  absl::Status Translate(const v1::TranslateRequest& request, v1::TranslateResponse* response);
+  absl::Status Flush(const v1::FlushRequest& request);
+  // One Batch operation into `result` (its status, and its response if OK).
+  void Run(const v1::Operation& operation, v1::OperationResult* result);
+
+ private:
+  absl::StatusOr<Device*> FindDevice(const std::string& device_id);
+
+  Iommu& iommu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Device>> devices_;
+};
+
+}  // namespace iommu_broker
+
+#endif  // IOMMU_BROKER_SERVER_DATA_PATH_H_
