@@ -42,12 +42,10 @@
 //   leaves_per_map            leaf PTEs one map wrote;
 //   iova_cache_hit_fraction   IOVA allocations served by the calling thread's
 //                             cache (the rest came from the depot or arena);
-//   shared_stripe16,          two threads: 1 if both landed on one stripe of
-//   shared_stripe8            the engine's 16-way striped counters and epoch
-//                             (resp. the 8-way flush queue), which then share
-//                             cache lines (and the flush-queue lock). The
-//                             stripe is a hash of the thread's pthread_t, so it
-//                             changes from process to process (ASLR).
+//   shared_stripe8            two threads: 1 if both landed on one stripe of
+//                             the engine's 8-way flush queue, which then
+//                             share its lock. The stripe is the kernel thread
+//                             id modulo 8, so it changes from run to run.
 // The 4KOnly workloads call Iommu::Maintain, inside the timed loop, after
 // every unmap (each unlinks the table pages under the buffer), so freeing
 // those pages is charged to the iteration that unlinked them rather than to
@@ -133,14 +131,11 @@ class Fixture final {
   Iommu& iommu() { return *iommu_; }
   Device& device(int index) { return *devices_[static_cast<size_t>(index)]; }
 
-  // Which stripe the calling thread uses in the engine's striped structures
-  // (StripedCounter and EpochReclaimer: 16 stripes; FlushQueue: 8), recorded
-  // by each thread before its loop; thread 0 reads them all after its loop.
-  // Two threads on one stripe share those cache lines and flush-queue locks.
-  void RecordStripe(int thread) {
-    stripes_[static_cast<size_t>(thread)] = ThisThreadStripe(StripedCounter::kStripes);
-  }
-  // Whether any two threads share a stripe of `stripes` (16 or 8).
+  // Which flush-queue stripe (of 8) the calling thread uses, recorded by each
+  // thread before its loop; thread 0 reads them all after its loop. Two
+  // threads on one stripe share its lock.
+  void RecordStripe(int thread) { stripes_[static_cast<size_t>(thread)] = ThisThreadStripe(8); }
+  // Whether any two threads share a stripe of `stripes`.
   bool StripesShared(size_t stripes) const {
     for (size_t i = 0; i < stripes_.size(); ++i) {
       for (size_t j = i + 1; j < stripes_.size(); ++j) {
@@ -237,7 +232,6 @@ void ReportDomain(benchmark::State& state, Fixture& fixture) {
   }
   const InvalidationQueueStats unit = fixture.iommu().UnitStats(0);
   if (state.threads() > 1) {
-    state.counters["shared_stripe16"] = fixture.StripesShared(16) ? 1 : 0;
     state.counters["shared_stripe8"] = fixture.StripesShared(8) ? 1 : 0;
   }
   if (stats->unmaps > 0) {

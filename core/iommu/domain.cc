@@ -116,11 +116,8 @@ Domain::Domain(const DomainConfig& config, const Environment& env,
       allocator_(std::move(allocator)),
       iotlb_(std::move(iotlb)),
       page_table_(*env.reclaimer),
-      flush_queue_(config.flush_queue, *iotlb_, *env.invalidation_queue,
-                   [this](absl::Span<const PageTable::Removed> done, uint64_t unmaps) {
-                     pending_invalidations_.Complete(unmaps);
-                     ReleaseIovas(done);
-                   }),
+      flush_queue_(config.flush_queue, *iotlb_, *env.invalidation_queue, pending_invalidations_,
+                   [this](absl::Span<const PageTable::Removed> done) { ReleaseIovas(done); }),
       faults_(env.fault_log_capacity, env.iommu_faults) {}
 
 Domain::~Domain() = default;
@@ -364,12 +361,21 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   const uint64_t end = std::min(iova + (size - 1), kIovaLimit - 1) + 1;
   const Policy current = policy();
   absl::InlinedVector<PageTable::Removed, 1> removed;
-  // Until the invalidation below completes, translations check IOTLB hits.
-  pending_invalidations_.Begin();
-  if (absl::Status status = RemoveMappings(device, iova, end, removed);
-      !status.ok() || removed.empty()) {
+  absl::Status status;
+  // From before the PTEs are cleared until their invalidation completes,
+  // translations check IOTLB hits (pending_invalidations_).
+  if (current == Policy::kParanoid) {
+    pending_invalidations_.Begin();
+    status = RemoveMappings(device, iova, end, removed);
+    if (status.ok() && !removed.empty()) InvalidateNow(removed);
     pending_invalidations_.Complete(1);
-    if (!status.ok()) return status;
+  } else {
+    FlushQueue::Unmapping unmapping(flush_queue_);
+    status = RemoveMappings(device, iova, end, removed);
+    if (status.ok()) unmapping.Enqueue(removed);
+  }
+  if (!status.ok()) return status;
+  if (removed.empty()) {
     if (current != Policy::kPassthrough) {  // pt identity maps have nothing to unmap
       debug_.CountDoubleUnmap();
       device.debug().CountDoubleUnmap();
@@ -382,13 +388,7 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   Counts& counts = counts_.Local();
   AddOwned(counts.live_mappings, -static_cast<int64_t>(removed.size()));
   AddOwned(counts.unmaps, static_cast<int64_t>(removed.size()));
-  if (current == Policy::kParanoid) {
-    InvalidateNow(removed);
-    pending_invalidations_.Complete(1);
-    ReleaseIovas(removed);
-  } else {
-    flush_queue_.Enqueue(removed);
-  }
+  if (current == Policy::kParanoid) ReleaseIovas(removed);
   return result;
 }
 
@@ -539,15 +539,16 @@ absl::StatusOr<TranslateResult> Domain::Translate(Device& device, uint64_t iova,
   result.iotlb_hit = true;
   for (uint64_t cursor = iova; cursor <= last;) {
     PageTranslation page;
-    if (std::optional<FaultReason> fault = TranslatePage(device, cursor, current, page)) {
-      return FaultAt(device, cursor, access, *fault);
+    FaultReason fault = FaultReason::kNotMapped;
+    if (!TranslatePage(device, cursor, current, page, fault)) {
+      return FaultAt(device, cursor, access, fault);
     }
-    if ((access == Access::kRead && !page.perms.read) ||
-        (access == Access::kWrite && !page.perms.write)) {
+    if ((access == Access::kRead && !page.leaf.perms.read) ||
+        (access == Access::kWrite && !page.leaf.perms.write)) {
       return FaultAt(device, cursor, access, FaultReason::kPermission);
     }
-    const uint64_t piece_last = std::min(last, page.iova + (page.size - 1));
-    const uint64_t phys = page.phys + (cursor - page.iova);
+    const uint64_t piece_last = std::min(last, page.leaf.iova + (page.leaf.page_size - 1));
+    const uint64_t phys = page.leaf.phys + (cursor - page.leaf.iova);
     const uint64_t length = piece_last - cursor + 1;
     if (cursor == iova) result.kind = page.kind;
     if (!result.segments.empty() &&
@@ -565,8 +566,8 @@ absl::StatusOr<TranslateResult> Domain::Translate(Device& device, uint64_t iova,
   return result;
 }
 
-std::optional<FaultReason> Domain::TranslatePage(const Device& device, uint64_t iova, Policy policy,
-                                                 PageTranslation& out) {
+bool Domain::TranslatePage(const Device& device, uint64_t iova, Policy policy, PageTranslation& out,
+                           FaultReason& fault) {
   const bool in_aperture = iova >= config_.aperture_first && iova <= config_.aperture_last;
   if (in_aperture && policy != Policy::kPassthrough) {
     // Fast unmaps leave IOTLB entries until their batch invalidation (and so
@@ -577,41 +578,45 @@ std::optional<FaultReason> Domain::TranslatePage(const Device& device, uint64_t 
         policy == Policy::kFast || policy_switches_.load(std::memory_order_acquire) > 0;
     const uint64_t quiet =
         may_be_stale ? pending_invalidations_.QuietSince() : PendingInvalidations::kPending;
-    if (std::optional<IotlbEntry> hit = iotlb_->Lookup(device.requester(), iova)) {
-      out = {hit->iova, hit->phys, hit->page_size, hit->perms, MappingKind::kTranslated,
-             true,      false};
+    if (iotlb_->Lookup(device.requester(), iova, out.leaf)) {
+      out.iotlb_hit = true;
       if (may_be_stale && !pending_invalidations_.StillQuiet(quiet)) {
         std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova);
-        out.stale = !leaf || leaf->iova != hit->iova || leaf->phys != hit->phys ||
-                    leaf->size != hit->page_size || !(leaf->perms == hit->perms);
+        out.stale = !leaf || leaf->iova != out.leaf.iova || leaf->phys != out.leaf.phys ||
+                    leaf->size != out.leaf.page_size || !(leaf->perms == out.leaf.perms);
       }
-      return std::nullopt;
+      return true;
     }
     const uint64_t token = iotlb_->FillToken();
     std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova);
-    if (!leaf) return FaultReason::kNotMapped;
-    iotlb_->Insert(token, device.requester(), {leaf->iova, leaf->phys, leaf->size, leaf->perms});
-    out = {leaf->iova, leaf->phys, leaf->size, leaf->perms, MappingKind::kTranslated, false, false};
-    return std::nullopt;
+    if (!leaf) {
+      fault = FaultReason::kNotMapped;
+      return false;
+    }
+    out.leaf = {leaf->iova, leaf->phys, leaf->size, leaf->perms};
+    iotlb_->Insert(token, device.requester(), out.leaf);
+    return true;
   }
   if (policy == Policy::kPassthrough) {
     // Translated mappings (for PAs the device's mask cannot reach) take
     // precedence; every other reachable address is identity.
     if (in_aperture) {
       if (std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova)) {
-        out = {leaf->iova, leaf->phys, leaf->size, leaf->perms, MappingKind::kTranslated,
-               false,      false};
-        return std::nullopt;
+        out.leaf = {leaf->iova, leaf->phys, leaf->size, leaf->perms};
+        return true;
       }
     }
     if (iova < env_.physical_memory_bytes) {
       const uint64_t page = iova & ~(kPage4K - 1);
-      out = {page, page, kPage4K, Perms{true, true}, MappingKind::kIdentity, false, false};
-      return std::nullopt;
+      out.leaf = {page, page, kPage4K, Perms{true, true}};
+      out.kind = MappingKind::kIdentity;
+      return true;
     }
-    return FaultReason::kNotMapped;
+    fault = FaultReason::kNotMapped;
+    return false;
   }
-  return FaultReason::kOutsideAperture;
+  fault = FaultReason::kOutsideAperture;
+  return false;
 }
 
 TranslateResult Domain::FaultAt(Device& device, uint64_t iova, Access access, FaultReason reason) {

@@ -180,10 +180,7 @@ class Domain final {
   };
   // One page's translation, before the access check.
   struct PageTranslation {
-    uint64_t iova = 0;  // the leaf's base
-    uint64_t phys = 0;
-    uint64_t size = 0;
-    Perms perms;
+    IotlbEntry leaf;  // the leaf (or identity page) holding the page
     MappingKind kind = MappingKind::kTranslated;
     bool iotlb_hit = false;
     bool stale = false;
@@ -210,8 +207,11 @@ class Domain final {
   // After their invalidation: tells subscribers, then frees the IOVAs.
   void ReleaseIovas(absl::Span<const PageTable::Removed> removed);
   void PublishInvalidations(absl::Span<const PageTable::Removed> removed);
-  std::optional<FaultReason> TranslatePage(const Device& device, uint64_t iova, Policy policy,
-                                           PageTranslation& out);
+  // Translates the page holding `iova` into `out`, or returns false with
+  // `fault` set. Out-parameters rather than an optional return: the result
+  // then never round-trips through memory on the hot path.
+  bool TranslatePage(const Device& device, uint64_t iova, Policy policy, PageTranslation& out,
+                     FaultReason& fault);
   TranslateResult FaultAt(Device& device, uint64_t iova, Access access, FaultReason reason);
   bool InBypassWindow(uint64_t iova, uint64_t size) const;
   // Counts one more live mapping unless the domain holds max_mappings. Sums
@@ -234,10 +234,11 @@ class Domain final {
   const std::unique_ptr<IovaAllocator> allocator_;
   const std::unique_ptr<Iotlb> iotlb_;
   PageTable page_table_;
-  FlushQueue flush_queue_;
   // Unmaps whose invalidation has not completed (translations check IOTLB
-  // hits only while there are any).
+  // hits only while there are any): paranoid unmaps, and the flush queue's
+  // busy stripes.
   PendingInvalidations pending_invalidations_;
+  FlushQueue flush_queue_;
   FaultLog faults_;
   DmaDebugCounters debug_;
   PerThread<Counts> counts_;

@@ -17,22 +17,34 @@ void AppendInvalidations(const PageTable::Removed& removed, Iotlb& iotlb,
 }
 
 FlushQueue::FlushQueue(FlushQueueOptions options, Iotlb& iotlb,
-                       InvalidationQueue& invalidation_queue, Release release)
+                       InvalidationQueue& invalidation_queue, PendingInvalidations& pending,
+                       Release release)
     : options_(options),
       iotlb_(iotlb),
       invalidation_queue_(invalidation_queue),
+      pending_(pending),
       release_(std::move(release)) {}
 
-void FlushQueue::Enqueue(absl::Span<const PageTable::Removed> removed) {
-  Stripe& stripe = stripes_[ThisThreadStripe(kStripes)];
-  std::lock_guard<std::mutex> lock(stripe.mutex);
-  for (size_t i = 0; i < removed.size(); ++i) {
-    if (stripe.entries.empty()) stripe.oldest = absl::Now();
-    stripe.entries.push_back(removed[i]);
-    ++stripe.queued;
-    // A stripe flushes in order, so the call is done with its last range.
-    if (i + 1 == removed.size()) ++stripe.unmaps;
-    if (stripe.entries.size() >= options_.capacity) FlushStripe(stripe, Reason::kFull);
+FlushQueue::Unmapping::Unmapping(FlushQueue& queue)
+    : queue_(queue), stripe_(queue.stripes_[ThisThreadStripe(kStripes)]), lock_(stripe_.mutex) {
+  if (!stripe_.busy) {
+    queue_.pending_.Begin();
+    stripe_.busy = true;
+  }
+}
+
+FlushQueue::Unmapping::~Unmapping() { queue_.SettleStripe(stripe_); }
+
+void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed) {
+  for (const PageTable::Removed& gone : removed) {
+    if (stripe_.entries.empty()) stripe_.oldest = absl::Now();
+    stripe_.entries.push_back(gone);
+    ++stripe_.queued;
+    // Stays busy even if this empties it: the rest of `removed` is unmapped
+    // already. The busy period ends when the lock is released.
+    if (stripe_.entries.size() >= queue_.options_.capacity) {
+      queue_.FlushStripe(stripe_, Reason::kFull);
+    }
   }
 }
 
@@ -40,6 +52,7 @@ void FlushQueue::Flush() {
   for (Stripe& stripe : stripes_) {
     std::lock_guard<std::mutex> lock(stripe.mutex);
     if (!stripe.entries.empty()) FlushStripe(stripe, Reason::kExplicit);
+    SettleStripe(stripe);
   }
 }
 
@@ -48,6 +61,7 @@ void FlushQueue::FlushExpired(absl::Time now) {
     std::lock_guard<std::mutex> lock(stripe.mutex);
     if (!stripe.entries.empty() && now - stripe.oldest >= options_.timeout) {
       FlushStripe(stripe, Reason::kTimeout);
+      SettleStripe(stripe);
     }
   }
 }
@@ -61,10 +75,16 @@ void FlushQueue::FlushStripe(Stripe& stripe, Reason reason) {
     AppendInvalidations(removed, iotlb_, descriptors);
   }
   invalidation_queue_.Invalidate(descriptors);
-  release_(stripe.entries, stripe.unmaps);
+  release_(stripe.entries);
   stripe.entries.clear();
-  stripe.unmaps = 0;
   ++stripe.flushes[static_cast<size_t>(reason)];
+}
+
+void FlushQueue::SettleStripe(Stripe& stripe) {
+  if (stripe.busy && stripe.entries.empty()) {
+    pending_.Complete(1);
+    stripe.busy = false;
+  }
 }
 
 FlushQueueStats FlushQueue::Stats() const {

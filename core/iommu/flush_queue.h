@@ -4,24 +4,31 @@
 // A batch runs when a queue fills, when its oldest entry has waited
 // `timeout` (FlushExpired, driven by a timer), or on Flush().
 //
-//   FlushQueue fq(options, iotlb, invalidation_queue,
-//                 [&](absl::Span<const PageTable::Removed> done, uint64_t unmaps) {
-//                   ...free IOVAs...
-//                 });
-//   fq.Enqueue(removed);          // one unmap's ranges; may flush this thread's queue
-//   fq.FlushExpired(absl::Now()); // from the timer
-//   fq.Flush();                   // everything queued before the call is invalidated and released
+//   FlushQueue fq(options, iotlb, invalidation_queue, pending,
+//                 [&](absl::Span<const PageTable::Removed> done) { ...free IOVAs... });
+//   {
+//     FlushQueue::Unmapping unmapping(fq);   // before the unmap clears a PTE
+//     ...clear PTEs...
+//     unmapping.Enqueue(removed);            // may flush this thread's queue
+//   }
+//   fq.FlushExpired(absl::Now());  // from the timer
+//   fq.Flush();                    // everything queued before the call is invalidated and released
 //
 // There is one queue per stripe of threads (as Linux has one per CPU), each
 // holding up to `capacity` entries, so unmapping threads do not share a lock.
 // A stripe is invalidated and released under its own lock, so Flush()
-// returning means every entry queued before it has been invalidated. Each
-// range counts against `capacity` on its own, so one Enqueue() call's ranges
-// may span batches; `release` learns how many calls a batch completed (a
-// call completes with its last range).
+// returning means every entry queued before it has been invalidated.
+//
+// Pending invalidations: an unmap holds its stripe (Unmapping) from before
+// it clears a PTE until its ranges are queued. A stripe is busy from the
+// first Unmapping that finds it idle until its lock is released with nothing
+// queued; each busy period is one Begin() and Complete(1) of `pending`, so
+// translations know when an unmapped range may still be cached. An unmap
+// into a busy stripe, the common case under load, touches no shared atomic.
 //
 // Thread-safety: thread-safe. `release` is called with a stripe lock held
-// and must not call back into the queue.
+// and must not call back into the queue; nor may a thread holding an
+// Unmapping use the queue until it ends.
 #ifndef IOMMU_BROKER_CORE_IOMMU_FLUSH_QUEUE_H_
 #define IOMMU_BROKER_CORE_IOMMU_FLUSH_QUEUE_H_
 
@@ -37,6 +44,7 @@
 #include "core/iommu/invalidation_queue.h"
 #include "core/iommu/iotlb.h"
 #include "core/iommu/page_table.h"
+#include "core/iommu/pending_invalidations.h"
 
 namespace iommu_broker {
 
@@ -60,19 +68,35 @@ struct FlushQueueStats {
 };
 
 class FlushQueue final {
+ private:
+  struct Stripe;
+
  public:
-  // Called once the ranges `done`, queued by `unmaps` Enqueue() calls, are
-  // invalidated.
-  using Release =
-      absl::AnyInvocable<void(absl::Span<const PageTable::Removed> done, uint64_t unmaps)>;
+  // Called once the ranges `done` are invalidated.
+  using Release = absl::AnyInvocable<void(absl::Span<const PageTable::Removed> done)>;
+
+  // One unmap's hold on this thread's stripe; see above.
+  class Unmapping final {
+   public:
+    explicit Unmapping(FlushQueue& queue);
+    ~Unmapping();
+    Unmapping(const Unmapping&) = delete;
+    Unmapping& operator=(const Unmapping&) = delete;
+
+    // Queues ranges whose PTEs this unmap cleared.
+    void Enqueue(absl::Span<const PageTable::Removed> removed);
+
+   private:
+    FlushQueue& queue_;
+    Stripe& stripe_;
+    std::lock_guard<std::mutex> lock_;
+  };
 
   FlushQueue(FlushQueueOptions options, Iotlb& iotlb, InvalidationQueue& invalidation_queue,
-             Release release);
+             PendingInvalidations& pending, Release release);
   FlushQueue(const FlushQueue&) = delete;
   FlushQueue& operator=(const FlushQueue&) = delete;
 
-  // Queues the ranges one unmap removed (not empty).
-  void Enqueue(absl::Span<const PageTable::Removed> removed);
   void Flush();
   void FlushExpired(absl::Time now);
 
@@ -85,17 +109,21 @@ class FlushQueue final {
   struct alignas(64) Stripe {
     mutable std::mutex mutex;
     std::vector<PageTable::Removed> entries ABSL_GUARDED_BY(mutex);
-    absl::Time oldest ABSL_GUARDED_BY(mutex);    // when the first entry arrived
-    uint64_t unmaps ABSL_GUARDED_BY(mutex) = 0;  // Enqueue calls whose last range is queued
+    absl::Time oldest ABSL_GUARDED_BY(mutex);  // when the first entry arrived
+    bool busy ABSL_GUARDED_BY(mutex) = false;  // counted in `pending_`
     uint64_t queued ABSL_GUARDED_BY(mutex) = 0;
     std::array<uint64_t, 3> flushes ABSL_GUARDED_BY(mutex) = {};  // by Reason
   };
 
   void FlushStripe(Stripe& stripe, Reason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
+  // Ends the stripe's busy period if nothing is queued; before its lock is
+  // released.
+  void SettleStripe(Stripe& stripe) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
 
   const FlushQueueOptions options_;
   Iotlb& iotlb_;
   InvalidationQueue& invalidation_queue_;
+  PendingInvalidations& pending_;
   Release release_;
   std::array<Stripe, kStripes> stripes_;
 };

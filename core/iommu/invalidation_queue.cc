@@ -144,7 +144,11 @@ InvalidationQueue::BatchResult InvalidationQueue::Execute(
     std::vector<Iotlb*> iotlbs;
     iotlbs.reserve(batch.size());
     for (const InvalidationDescriptor& descriptor : batch) {
-      if (descriptor.iotlb != nullptr) iotlbs.push_back(descriptor.iotlb);
+      // A flush-queue batch names one IOTLB over and over: skip repeats
+      // before sorting.
+      if (descriptor.iotlb != nullptr && (iotlbs.empty() || iotlbs.back() != descriptor.iotlb)) {
+        iotlbs.push_back(descriptor.iotlb);
+      }
     }
     std::sort(iotlbs.begin(), iotlbs.end());
     iotlbs.erase(std::unique(iotlbs.begin(), iotlbs.end()), iotlbs.end());

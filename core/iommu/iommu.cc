@@ -351,17 +351,18 @@ absl::StatusOr<MapResult> Iommu::Map(Device& device, const MapRequest& request) 
 }
 
 absl::StatusOr<UnmapResult> Iommu::Unmap(Device& device, uint64_t iova, uint64_t size) {
-  absl::StatusOr<UnmapResult> result;
-  {
+  // Initialized from the guarded call rather than assigned: copying the
+  // result out of a temporary stalls on store forwarding.
+  absl::StatusOr<UnmapResult> result = [&]() -> absl::StatusOr<UnmapResult> {
     EpochReclaimer::Guard guard(reclaimer_);
     Domain* domain = device.domain();
     if (domain == nullptr) {
       return absl::FailedPreconditionError(
           absl::StrCat("device ", device.id(), " is not attached to a domain"));
     }
-    result = domain->Unmap(device, iova, size);
-  }
-  ReclaimIfDue();
+    return domain->Unmap(device, iova, size);
+  }();
+  ReclaimIfDue();  // outside the guard: a grace period waits for guards
   return result;
 }
 

@@ -379,6 +379,33 @@ TEST_F(IommuTest, FastServesStaleTranslationsUntilTheFlush) {
   EXPECT_EQ(Stats().iova.allocated_bytes, 0u);  // the IOVA went back after the flush
 }
 
+TEST_F(IommuTest, FastMarksEveryRangeOfAnUnmapStaleUntilItsOwnFlush) {
+  // One unmap of three mappings into a queue of two: the first two are
+  // flushed while the unmap queues them, the third waits. Until its own
+  // flush, a translation of the third must still be checked and marked.
+  Build(Policy::kFast, {.flush_queue = {.capacity = 2}});
+  for (uint64_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE(
+        iommu_->Map(kDevice, FixedRequest(0x100000 + i * 0x1000, 0x9000 + i * 0x1000, 0x1000))
+            .ok());
+    EXPECT_FALSE(Dma(0x100000 + i * 0x1000).faulted);  // fills the IOTLB
+  }
+  absl::StatusOr<UnmapResult> unmapped = iommu_->Unmap(kDevice, 0x100000, 0x3000);
+  ASSERT_TRUE(unmapped.ok());
+  EXPECT_EQ(unmapped->mappings_removed, 3u);
+  EXPECT_EQ(Stats().flush_queue.full_flushes, 1u);
+  EXPECT_EQ(Stats().flush_queue.pending, 1u);
+  EXPECT_TRUE(Dma(0x100000).faulted);  // flushed
+  EXPECT_TRUE(Dma(0x101000).faulted);
+  TranslateResult third = Dma(0x102000);
+  ASSERT_FALSE(third.faulted);
+  EXPECT_TRUE(third.stale);
+  EXPECT_EQ(third.segments[0].phys, 0xb000u);
+  EXPECT_EQ(Stats().stale_translations, 1u);
+  ASSERT_TRUE(iommu_->Flush("d").ok());
+  EXPECT_TRUE(Dma(0x102000).faulted);
+}
+
 TEST_F(IommuTest, FastHoldsIovasUntilTheirFlush) {
   Build(Policy::kFast);
   absl::StatusOr<MapResult> mapped = iommu_->Map(kDevice, Request(0x9000, 0x1000));

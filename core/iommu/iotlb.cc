@@ -208,7 +208,7 @@ void Iotlb::UnlockSet(Line* set, uint64_t locked_at, bool modified) {
   Word(set, kSeqWord).store(modified ? locked_at + 2 : locked_at, std::memory_order_release);
 }
 
-std::optional<IotlbEntry> Iotlb::Lookup(uint32_t requester, uint64_t iova) {
+bool Iotlb::Lookup(uint32_t requester, uint64_t iova, IotlbEntry& entry) {
   if (ValidRequester(requester) && iova <= kLastIova) {
     for (int i = 0; i < num_probe_shifts_; ++i) {
       const unsigned shift = probe_shifts_[i];
@@ -217,16 +217,16 @@ std::optional<IotlbEntry> Iotlb::Lookup(uint32_t requester, uint64_t iova) {
       if (Probe(SetOf(page_number, shift), MakeTag(requester, shift, page_number), &value)) {
         AddOwned(counts_.Local().hits, 1);
         const uint64_t page_size = uint64_t{1} << shift;
-        return IotlbEntry{
-            .iova = page_number << shift,
-            .phys = value & ~(page_size - 1),
-            .page_size = page_size,
-            .perms = {.read = (value & kReadBit) != 0, .write = (value & kWriteBit) != 0}};
+        entry.iova = page_number << shift;
+        entry.phys = value & ~(page_size - 1);
+        entry.page_size = page_size;
+        entry.perms = {.read = (value & kReadBit) != 0, .write = (value & kWriteBit) != 0};
+        return true;
       }
     }
   }
   AddOwned(counts_.Local().misses, 1);
-  return std::nullopt;
+  return false;
 }
 
 uint64_t Iotlb::FillToken() const { return invalidations_begun_.load(std::memory_order_seq_cst); }

@@ -70,7 +70,15 @@ class Iotlb final {
 
   // The entry of `requester` covering `iova`, probing each page size the
   // domain supports; counts a hit or a miss.
-  std::optional<IotlbEntry> Lookup(uint32_t requester, uint64_t iova);
+  std::optional<IotlbEntry> Lookup(uint32_t requester, uint64_t iova) {
+    IotlbEntry entry;
+    if (!Lookup(requester, iova, entry)) return std::nullopt;
+    return entry;
+  }
+  // The same, writing a hit to `entry` field by field: for the translation
+  // path, where copying a returned optional out of memory stalls on store
+  // forwarding.
+  bool Lookup(uint32_t requester, uint64_t iova, IotlbEntry& entry);
 
   // Read before a page walk whose result will be inserted.
   uint64_t FillToken() const;

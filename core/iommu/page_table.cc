@@ -103,8 +103,7 @@ bool SubtreeIsEmpty(const TablePage* page, int level) {
   return true;
 }
 
-PageTable::Leaf DecodeLeaf(uint64_t entry, uint64_t iova, int level) {
-  PageTable::Leaf leaf;
+void DecodeLeafInto(uint64_t entry, uint64_t iova, int level, PageTable::Leaf& leaf) {
   leaf.size = Span(level);
   leaf.iova = iova & ~(leaf.size - 1);
   leaf.phys = entry & kAddressMask;
@@ -113,6 +112,11 @@ PageTable::Leaf DecodeLeaf(uint64_t entry, uint64_t iova, int level) {
   leaf.last = (entry & kLast) != 0;
   leaf.origin = static_cast<IovaOrigin>((entry >> kOriginShift) & 3);
   leaf.owner = static_cast<uint32_t>(entry >> kOwnerShift);
+}
+
+PageTable::Leaf DecodeLeaf(uint64_t entry, uint64_t iova, int level) {
+  PageTable::Leaf leaf;
+  DecodeLeafInto(entry, iova, level, leaf);
   return leaf;
 }
 
@@ -120,6 +124,30 @@ void CountLeaf(uint64_t size, PageTable::LeafCounts& counts) {
   if (size == kPage4K) ++counts.leaves_4k;
   if (size == kPage2M) ++counts.leaves_2m;
   if (size == kPage1G) ++counts.leaves_1g;
+}
+
+// A leaf of `level` can map [cur, cur + span) of `mapping` (whose range ends
+// at `end`): the span is aligned, inside the range, allowed, and its
+// physical address is aligned too.
+bool LeafFits(const PageTable::Mapping& mapping, uint64_t cur, int level, uint64_t end) {
+  const uint64_t span = Span(level);
+  if (level == 0) return true;
+  if (level >= kRootLevel || (mapping.page_sizes & span) == 0) return false;
+  const uint64_t phys = mapping.phys + (cur - mapping.iova);
+  return (cur & (span - 1)) == 0 && end - cur >= span && (phys & (span - 1)) == 0;
+}
+
+// The leaf of `level` that maps `cur` for `mapping`, with its first and last
+// marks.
+uint64_t LeafEntry(const PageTable::Mapping& mapping, uint64_t cur, int level) {
+  const uint64_t end = mapping.iova + mapping.size;
+  uint64_t entry = ((mapping.phys + (cur - mapping.iova)) & kAddressMask) | kPresent |
+                   OwnershipBits(mapping.origin, mapping.owner);
+  if (mapping.perms.read) entry |= kRead;
+  if (mapping.perms.write) entry |= kWrite;
+  if (cur == mapping.iova) entry |= kFirst;
+  if (cur + Span(level) == end) entry |= kLast;
+  return entry;
 }
 
 }  // namespace
@@ -169,7 +197,7 @@ class PageTable::Installer final {
     for (uint64_t cur = begin; cur < end;) {
       std::atomic<uint64_t>& slot = page->entries[Index(cur, level)];
       const uint64_t entry_end = (cur & ~(Span(level) - 1)) + Span(level);
-      if (LeafFits(cur, level, end)) {
+      if (LeafFits(mapping_, cur, level, end)) {
         if (!ClaimLeaf(slot, cur, level)) return false;
       } else {
         TablePage* child = table_.EnsureTable(slot);
@@ -181,19 +209,9 @@ class PageTable::Installer final {
     return true;
   }
 
-  // A leaf of this level can map [cur, cur + span): the span is aligned,
-  // inside the range, allowed, and its physical address is aligned too.
-  bool LeafFits(uint64_t cur, int level, uint64_t end) const {
-    const uint64_t span = Span(level);
-    if (level == 0) return true;
-    if (level >= kRootLevel || (mapping_.page_sizes & span) == 0) return false;
-    const uint64_t phys = mapping_.phys + (cur - mapping_.iova);
-    return (cur & (span - 1)) == 0 && end - cur >= span && (phys & (span - 1)) == 0;
-  }
-
   bool ClaimLeaf(std::atomic<uint64_t>& slot, uint64_t cur, int level) {
     uint64_t expected = 0;
-    const uint64_t leaf = LeafEntry(cur, level);
+    const uint64_t leaf = LeafEntry(mapping_, cur, level);
     // A single-leaf mapping has nothing to publish in order: claim it with
     // its final value, one write instead of two.
     const bool whole = cur == mapping_.iova && Span(level) == mapping_.size;
@@ -223,7 +241,7 @@ class PageTable::Installer final {
       return false;  // replaced by someone else: taken
     }
     replaced_.push_back({table_entry, level - 1});
-    claims_.push_back({&slot, LeafEntry(cur, level), Span(level), table_entry});
+    claims_.push_back({&slot, LeafEntry(mapping_, cur, level), Span(level), table_entry});
     return true;
   }
 
@@ -251,17 +269,6 @@ class PageTable::Installer final {
     }
   }
 
-  uint64_t LeafEntry(uint64_t cur, int level) const {
-    const uint64_t end = mapping_.iova + mapping_.size;
-    uint64_t entry = ((mapping_.phys + (cur - mapping_.iova)) & kAddressMask) | kPresent |
-                     OwnershipBits(mapping_.origin, mapping_.owner);
-    if (mapping_.perms.read) entry |= kRead;
-    if (mapping_.perms.write) entry |= kWrite;
-    if (cur == mapping_.iova) entry |= kFirst;
-    if (cur + Span(level) == end) entry |= kLast;
-    return entry;
-  }
-
   void Undo() {
     // A replaced table goes straight back into its slot: emptying the slot
     // first would let another thread install there, and the table put back
@@ -285,6 +292,28 @@ PageTable::PageTable(EpochReclaimer& reclaimer)
 PageTable::~PageTable() { DestroySubtree(std::move(root_), kRootLevel); }
 
 std::optional<PageTable::LeafCounts> PageTable::Install(const Mapping& mapping) {
+  // One leaf (the DMA-API case: a page, or an aligned huge page) needs no
+  // claim phase: one walk and one compare-and-swap publish it, as the
+  // installer would. A table where it belongs goes to the installer, which
+  // knows how to replace one.
+  const uint64_t end = mapping.iova + mapping.size;
+  for (int level = 0; level < kRootLevel && Span(level) <= mapping.size; ++level) {
+    if (Span(level) != mapping.size || !LeafFits(mapping, mapping.iova, level, end)) continue;
+    TablePage* page = root_.get();
+    for (int at = kRootLevel; at > level && page != nullptr; --at) {
+      page = EnsureTable(page->entries[Index(mapping.iova, at)]);
+    }
+    if (page == nullptr) return std::nullopt;  // a leaf or claim above: taken
+    uint64_t expected = 0;
+    if (page->entries[Index(mapping.iova, level)].compare_exchange_strong(
+            expected, LeafEntry(mapping, mapping.iova, level), std::memory_order_seq_cst)) {
+      LeafCounts counts;
+      CountLeaf(Span(level), counts);
+      return counts;
+    }
+    if (!(expected & kTable)) return std::nullopt;
+    break;
+  }
   return Installer(*this, mapping).Run();
 }
 
@@ -322,11 +351,15 @@ std::atomic<uint64_t>* PageTable::FindSlot(uint64_t iova, int* level) const {
 }
 
 std::optional<PageTable::Leaf> PageTable::Lookup(uint64_t iova) const {
-  if (iova >= (uint64_t{1} << kIovaBits)) return std::nullopt;  // would wrap onto a lower slot
-  int level;
-  const uint64_t entry = FindSlot(iova, &level)->load(std::memory_order_acquire);
-  if (!(entry & kPresent)) return std::nullopt;
-  return DecodeLeaf(entry, iova, level);
+  // Decoded in place and returned by name: a decoded Leaf copied into the
+  // optional makes the caller's reads of it stall on store forwarding.
+  std::optional<Leaf> leaf;
+  if (iova < (uint64_t{1} << kIovaBits)) {  // above, a walk would wrap onto a lower slot
+    int level;
+    const uint64_t entry = FindSlot(iova, &level)->load(std::memory_order_acquire);
+    if (entry & kPresent) DecodeLeafInto(entry, iova, level, leaf.emplace());
+  }
+  return leaf;
 }
 
 std::optional<PageTable::Leaf> PageTable::FindIn(const TablePage* page, int level, uint64_t from,
@@ -357,7 +390,7 @@ std::optional<PageTable::Removed> PageTable::RemoveExactly(uint64_t iova, uint64
 }
 
 std::optional<PageTable::Removed> PageTable::RemoveEndingIn(uint64_t first_iova, uint64_t min_end,
-                                                             uint64_t limit) {
+                                                            uint64_t limit) {
   // Nothing is mapped at or above 2^48, and a walk of such an address would
   // alias it onto a lower one.
   if (first_iova >= (uint64_t{1} << kIovaBits)) return std::nullopt;

@@ -1,12 +1,13 @@
 // PendingInvalidations tells a translation whether an IOTLB hit can be
 // stale: it counts a domain's unmaps from before they clear any PTE until
-// the invalidation covering everything they cleared has completed. While it
-// counts none, every IOTLB entry matches the page table (the IOTLB's fill
-// protocol and the page table's unlink rules guarantee it), so a hit needs
-// no check against the page table.
+// the invalidation covering everything they cleared has completed (a
+// flush-queue stripe counts once for all the unmaps it holds; see
+// flush_queue.h). While it counts none, every IOTLB entry matches the page
+// table (the IOTLB's fill protocol and the page table's unlink rules
+// guarantee it), so a hit needs no check against the page table.
 //
 //   pending.Begin();                    // unmap, before clearing PTEs
-//   ... clear PTEs, invalidate (now or from the flush queue) ...
+//   ... clear PTEs, invalidate ...
 //   pending.Complete(1);                // after the invalidation completed
 //
 //   const uint64_t quiet = pending.QuietSince();   // translation
