@@ -117,7 +117,9 @@ Domain::Domain(const DomainConfig& config, const Environment& env,
       iotlb_(std::move(iotlb)),
       page_table_(*env.reclaimer),
       flush_queue_(config.flush_queue, *iotlb_, *env.invalidation_queue, pending_invalidations_,
-                   [this](absl::Span<const PageTable::Removed> done) { ReleaseIovas(done); }),
+                   [this](absl::Span<const PageTable::Removed> done) {
+                     ReleaseIovas(done, /*await_device_tlbs=*/false);
+                   }),
       faults_(env.fault_log_capacity, env.iommu_faults) {}
 
 Domain::~Domain() = default;
@@ -388,7 +390,9 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   Counts& counts = counts_.Local();
   AddOwned(counts.live_mappings, -static_cast<int64_t>(removed.size()));
   AddOwned(counts.unmaps, static_cast<int64_t>(removed.size()));
-  if (current == Policy::kParanoid) ReleaseIovas(removed);
+  if (current == Policy::kParanoid) {
+    result.device_tlb_acks = ReleaseIovas(removed, /*await_device_tlbs=*/true);
+  }
   return result;
 }
 
@@ -447,20 +451,40 @@ void Domain::InvalidateNow(absl::Span<const PageTable::Removed> removed) {
   env_.invalidation_queue->Invalidate(descriptors);
 }
 
-void Domain::PublishInvalidations(absl::Span<const PageTable::Removed> removed) {
-  if (env_.invalidations == nullptr || !env_.invalidations->has_subscribers()) return;
-  for (const PageTable::Removed& gone : removed) {
-    env_.invalidations->Publish({.scope = InvalidationScope::kRange,
-                                 .domain_id = id(),
-                                 .iova = gone.iova,
-                                 .size = gone.size});
+std::shared_ptr<Completion> Domain::ReleaseIovas(absl::Span<const PageTable::Removed> removed,
+                                                 bool await_device_tlbs) {
+  // Subscribers and device-side caches hear of an invalidation before its
+  // IOVAs can be handed out again.
+  const bool watched = env_.invalidations != nullptr && env_.invalidations->has_subscribers();
+  const bool cached = env_.device_tlbs != nullptr && env_.device_tlbs->any_linked();
+  if (watched || cached) {
+    std::vector<InvalidationEvent> events;
+    events.reserve(removed.size());
+    for (const PageTable::Removed& gone : removed) {
+      events.push_back({.scope = InvalidationScope::kRange,
+                        .domain_id = id(),
+                        .iova = gone.iova,
+                        .size = gone.size});
+    }
+    if (watched) {
+      for (const InvalidationEvent& event : events) env_.invalidations->Publish(event);
+    }
+    if (cached && !await_device_tlbs) env_.device_tlbs->SendToDomain(this, events, nullptr);
+    if (cached && await_device_tlbs) {
+      std::shared_ptr<Completion> acked = env_.device_tlbs->SendToDomain(
+          this, events,
+          [self = shared_from_this(), held = std::vector<PageTable::Removed>(
+                                          removed.begin(), removed.end())] {
+            self->FreeIovas(held);
+          });
+      if (acked != nullptr) return acked;
+    }
   }
+  FreeIovas(removed);
+  return nullptr;
 }
 
-void Domain::ReleaseIovas(absl::Span<const PageTable::Removed> removed) {
-  // Subscribers (device-side caches) hear of an invalidation before its
-  // IOVAs can be handed out again.
-  PublishInvalidations(removed);
+void Domain::FreeIovas(absl::Span<const PageTable::Removed> removed) {
   for (const PageTable::Removed& gone : removed) {
     switch (gone.origin) {
       case IovaOrigin::kAllocated:

@@ -36,7 +36,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/iommu/completion.h"
 #include "core/iommu/device.h"
+#include "core/iommu/device_tlbs.h"
 #include "core/iommu/dma_debug.h"
 #include "core/iommu/epoch.h"
 #include "core/iommu/fault_log.h"
@@ -101,7 +103,7 @@ struct LiveMappings {
   uint64_t bytes = 0;
 };
 
-class Domain final {
+class Domain final : public std::enable_shared_from_this<Domain> {
  public:
   // What the Iommu lends every domain; all must outlive it.
   struct Environment {
@@ -115,6 +117,8 @@ class Domain final {
     size_t fault_log_capacity = 1024;
     // Told of every range invalidation that completed (optional).
     Publisher<InvalidationEvent>* invalidations = nullptr;
+    // Device-side IOTLBs, sent every range invalidation (optional).
+    DeviceTlbs* device_tlbs = nullptr;
   };
 
   // INVALID_ARGUMENT naming the field if `config` is unusable.
@@ -204,9 +208,12 @@ class Domain final {
                               absl::InlinedVector<PageTable::Removed, 1>& removed);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
   void InvalidateNow(absl::Span<const PageTable::Removed> removed);
-  // After their invalidation: tells subscribers, then frees the IOVAs.
-  void ReleaseIovas(absl::Span<const PageTable::Removed> removed);
-  void PublishInvalidations(absl::Span<const PageTable::Removed> removed);
+  // After their invalidation: tells subscribers and device-side IOTLBs,
+  // then frees the IOVAs; with `await_device_tlbs`, only once the IOTLBs
+  // acknowledged (the returned completion, null if none is linked).
+  std::shared_ptr<Completion> ReleaseIovas(absl::Span<const PageTable::Removed> removed,
+                                           bool await_device_tlbs);
+  void FreeIovas(absl::Span<const PageTable::Removed> removed);
   // Translates the page holding `iova` into `out`, or returns false with
   // `fault` set. Out-parameters rather than an optional return: the result
   // then never round-trips through memory on the hot path.

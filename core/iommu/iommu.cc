@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<Iommu>> Iommu::Create(const IommuOptions& options
   return std::unique_ptr<Iommu>(new Iommu(options));
 }
 
-Iommu::Iommu(const IommuOptions& options) : options_(options), faults_(options.fault_log_capacity) {
+Iommu::Iommu(const IommuOptions& options)
+    : options_(options), faults_(options.fault_log_capacity), device_tlbs_(options.device_tlb) {
   for (uint32_t unit = 0; unit < options.units; ++unit) {
     units_.push_back(std::make_unique<InvalidationQueue>(options.invalidation));
   }
@@ -55,6 +56,8 @@ Iommu::~Iommu() {
   }
   maintenance_wakeup_.notify_all();
   if (maintenance_.joinable()) maintenance_.join();
+  // Unmaps waiting on caches free their IOVAs while the domains can.
+  device_tlbs_.CloseAll();
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto& [id, device] : devices_) device->set_domain(nullptr);
   domains_.clear();
@@ -80,6 +83,7 @@ void Iommu::Maintain(absl::Time now) {
     for (const auto& [id, domain] : domains_) domains.push_back(domain);
   }
   for (const std::shared_ptr<Domain>& domain : domains) domain->Maintain(now);
+  if (device_tlbs_.any_linked()) device_tlbs_.CutOffOverdue(now);
   if (reclaimer_.retired() > 0) reclaimer_.Reclaim();
 }
 
@@ -99,6 +103,7 @@ absl::Status Iommu::CreateDomain(const DomainConfig& config) {
   env.reclaim_due = &reclaim_due_;
   env.fault_log_capacity = options_.fault_log_capacity;
   env.invalidations = &invalidations_;
+  env.device_tlbs = &device_tlbs_;
   std::lock_guard<std::mutex> lock(mutex_);
   if (domains_.contains(config.id)) {
     return absl::AlreadyExistsError(absl::StrCat("domain ", config.id, " already exists"));
@@ -437,12 +442,24 @@ absl::StatusOr<std::shared_ptr<Subscription<InvalidationEvent>>> Iommu::Subscrib
   return invalidations_.Subscribe(queue_capacity);
 }
 
+absl::StatusOr<std::shared_ptr<DeviceTlbPort>> Iommu::LinkDeviceTlb(absl::string_view device_id,
+                                                                     size_t queue_capacity) {
+  if (queue_capacity < 1 || queue_capacity > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat("device IOTLB queue capacity ", queue_capacity,
+                                                   " is not in [1, 65536]"));
+  }
+  absl::StatusOr<std::shared_ptr<Device>> device = FindDevice(device_id);
+  if (!device.ok()) return device.status();
+  return device_tlbs_.Link(*std::move(device), queue_capacity);
+}
+
 void Iommu::PublishRequesterInvalidation(const Domain& domain, const Device& device) {
-  if (!invalidations_.has_subscribers()) return;
-  invalidations_.Publish({.scope = InvalidationScope::kRequester,
-                          .domain_id = domain.id(),
-                          .requester = device.requester(),
-                          .device_id = device.id()});
+  const InvalidationEvent event = {.scope = InvalidationScope::kRequester,
+                                   .domain_id = domain.id(),
+                                   .requester = device.requester(),
+                                   .device_id = device.id()};
+  if (invalidations_.has_subscribers()) invalidations_.Publish(event);
+  if (device_tlbs_.any_linked()) device_tlbs_.SendToDevice(device, event);
 }
 
 absl::StatusOr<std::vector<Fault>> Iommu::RecentFaults(absl::string_view domain_id,

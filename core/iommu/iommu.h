@@ -38,6 +38,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "core/iommu/device.h"
+#include "core/iommu/device_tlb_port.h"
+#include "core/iommu/device_tlbs.h"
 #include "core/iommu/domain.h"
 #include "core/iommu/epoch.h"
 #include "core/iommu/fault_log.h"
@@ -56,6 +58,7 @@ struct IommuOptions {
   size_t max_domains = 1024;
   size_t max_devices = 4095;         // requester ids are 12 bits
   size_t fault_log_capacity = 1024;  // per domain, and IOMMU-wide
+  DeviceTlbOptions device_tlb;  // device-side IOTLB links
   // How often the maintenance thread runs; zero starts no thread (tests
   // then call Maintain themselves).
   absl::Duration maintenance_interval = absl::Milliseconds(1);
@@ -149,6 +152,12 @@ class Iommu final {
   // subscription receives every domain's; readers filter by domain_id.
   absl::StatusOr<std::shared_ptr<Subscription<InvalidationEvent>>> SubscribeInvalidations(
       absl::string_view domain_id, size_t queue_capacity);
+  // Links `device_id`'s device-side IOTLB (see device_tlb_port.h): it is
+  // sent every invalidation of the device's domain, and paranoid unmaps wait
+  // for its acknowledgement (UnmapResult::device_tlb_acks). ALREADY_EXISTS
+  // while the device has a linked one.
+  absl::StatusOr<std::shared_ptr<DeviceTlbPort>> LinkDeviceTlb(absl::string_view device_id,
+                                                               size_t queue_capacity);
   absl::StatusOr<std::vector<Fault>> RecentFaults(absl::string_view domain_id,
                                                   uint64_t after_sequence) const;
   absl::StatusOr<DmaDebugCounts> DeviceDebugCounts(absl::string_view device_id) const;
@@ -184,6 +193,7 @@ class Iommu final {
   std::vector<std::unique_ptr<InvalidationQueue>> units_;
   FaultLog faults_;
   Publisher<InvalidationEvent> invalidations_;
+  DeviceTlbs device_tlbs_;
 
   mutable std::mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<Domain>> domains_ ABSL_GUARDED_BY(mutex_);

@@ -5,12 +5,14 @@
 #define IOMMU_BROKER_CORE_IOMMU_TYPES_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "core/iommu/completion.h"
 
 namespace iommu_broker {
 
@@ -81,6 +83,10 @@ struct MapResult {
 struct UnmapResult {
   uint64_t bytes_unmapped = 0;
   uint64_t mappings_removed = 0;
+  // Set when device-side IOTLBs must acknowledge the invalidation first
+  // (paranoid, with caches linked): the unmap is complete, and its IOVAs
+  // free, once this fires.
+  std::shared_ptr<Completion> device_tlb_acks = nullptr;
 };
 
 // Why a translation faulted.
