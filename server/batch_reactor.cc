@@ -35,6 +35,12 @@ void BatchReactor::OnReadDone(bool ok) {
   for (const v1::Operation& operation : request_.operations()) {
     data_path.Run(operation, response_.add_results());
   }
+  // Paranoid unmaps with device-side IOTLBs linked: the results go out
+  // once the caches dropped what the unmaps removed.
+  if (std::shared_ptr<Completion> acks = data_path.TakeDeviceTlbAcks()) {
+    acks->OnDone([this] { StartWrite(&response_); });
+    return;
+  }
   StartWrite(&response_);
 }
 

@@ -105,6 +105,17 @@ absl::StatusOr<IommuOptions> IommuOptionsFromConfig(const v1::BrokerConfig& conf
   if (engine.has_max_domains()) options.max_domains = engine.max_domains();
   if (engine.has_max_devices()) options.max_devices = engine.max_devices();
   if (engine.has_fault_log_capacity()) options.fault_log_capacity = engine.fault_log_capacity();
+  if (engine.has_device_iotlb_ack_timeout()) {
+    absl::StatusOr<absl::Duration> ack_timeout =
+        DurationFromProto(engine.device_iotlb_ack_timeout(), "engine.device_iotlb_ack_timeout");
+    if (!ack_timeout.ok()) return ack_timeout.status();
+    if (*ack_timeout < absl::Milliseconds(1) || *ack_timeout > absl::Seconds(60)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("engine.device_iotlb_ack_timeout ", absl::FormatDuration(*ack_timeout),
+                       " is not in [1ms, 60s]"));
+    }
+    options.device_tlb.ack_timeout = *ack_timeout;
+  }
   return options;
 }
 

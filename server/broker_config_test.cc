@@ -264,6 +264,7 @@ TEST(ConfigDefaultsTest, EngineOptionsFromConfig) {
   engine.set_max_domains(3);
   engine.set_max_devices(5);
   engine.set_fault_log_capacity(7);
+  engine.mutable_device_iotlb_ack_timeout()->set_nanos(250000000);
   absl::StatusOr<IommuOptions> options = IommuOptionsFromConfig(config);
   ASSERT_TRUE(options.ok()) << options.status();
   EXPECT_EQ(options->physical_memory_bytes, uint64_t{1} << 30);
@@ -275,6 +276,7 @@ TEST(ConfigDefaultsTest, EngineOptionsFromConfig) {
   EXPECT_EQ(options->max_domains, 3u);
   EXPECT_EQ(options->max_devices, 5u);
   EXPECT_EQ(options->fault_log_capacity, 7u);
+  EXPECT_EQ(options->device_tlb.ack_timeout, absl::Milliseconds(250));
 }
 
 TEST(ConfigDefaultsTest, ServiceLimits) {
@@ -411,6 +413,10 @@ INSTANTIATE_TEST_SUITE_P(
         LimitCase{"devices_high", "engine { max_devices: 4096 }", "max_devices"},
         LimitCase{"domains_zero", "engine { max_domains: 0 }", "max_domains"},
         LimitCase{"fault_log_zero", "engine { fault_log_capacity: 0 }", "fault_log_capacity"},
+        LimitCase{"ack_timeout_zero", "engine { device_iotlb_ack_timeout {} }",
+                  "device_iotlb_ack_timeout"},
+        LimitCase{"ack_timeout_long", "engine { device_iotlb_ack_timeout { seconds: 61 } }",
+                  "device_iotlb_ack_timeout"},
         LimitCase{"batch_descriptors_zero",
                   "engine { invalidation { max_batch_descriptors: 0 } }",
                   "max_batch_descriptors"}),

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/batch_reactor.h"
+#include "server/device_iotlb_reactor.h"
 #include "server/convert.h"
 #include "server/data_path.h"
 #include "server/refusal.h"
@@ -39,8 +40,8 @@ BrokerService::BrokerService(Iommu& iommu, const ServiceLimits& limits, Logger& 
 
 void BrokerService::Drain() {
   draining_.store(true, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(watchers_mutex_);
-  for (WatchReactor* watcher : watchers_) watcher->Stop();
+  std::lock_guard<std::mutex> lock(stoppable_mutex_);
+  for (StoppableStream* stream : stoppable_) stream->Stop();
 }
 
 void BrokerService::Audit(absl::string_view action, const absl::Status& status,
@@ -234,7 +235,13 @@ grpc::ServerUnaryReactor* BrokerService::Unmap(grpc::CallbackServerContext* cont
                                                const v1::UnmapRequest* request,
                                                v1::UnmapResponse* response) {
   DataPath data_path(iommu_);
-  return Reply(context, data_path.Unmap(*request, response));
+  const absl::Status status = data_path.Unmap(*request, response);
+  std::shared_ptr<Completion> acks = data_path.TakeDeviceTlbAcks();
+  if (acks == nullptr) return Reply(context, status);
+  // Paranoid, with device-side IOTLBs linked: reply once they dropped it.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  acks->OnDone([reactor] { reactor->Finish(grpc::Status::OK); });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* BrokerService::Translate(grpc::CallbackServerContext* context,
@@ -302,20 +309,40 @@ EventStream* BrokerService::WatchEvents(grpc::CallbackServerContext* /*context*/
   }
   auto* watcher = new WatchReactor(std::move(faults), std::move(invalidations),
                                    request->domain_id(), request->device_id(),
-                                   [this](WatchReactor* done) { Forget(done); });
-  {
-    std::lock_guard<std::mutex> lock(watchers_mutex_);
-    watchers_.insert(watcher);
-    if (draining_.load(std::memory_order_acquire)) watcher->Stop();
-  }
+                                   [this](StoppableStream* done) { Forget(done); });
+  Track(watcher);
   watcher->Start();
   return watcher;
 }
 
-void BrokerService::Forget(WatchReactor* watcher) {
+grpc::ServerBidiReactor<v1::DeviceIotlbRequest, v1::DeviceIotlbInvalidations>*
+BrokerService::LinkDeviceIotlb(grpc::CallbackServerContext* /*context*/) {
+  using LinkStream = grpc::ServerBidiReactor<v1::DeviceIotlbRequest, v1::DeviceIotlbInvalidations>;
+  if (draining_.load(std::memory_order_acquire)) {
+    return new Refusal<LinkStream>(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "the broker is shutting down"));
+  }
+  if (!streams_.TryAcquire()) {
+    return new Refusal<LinkStream>(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the broker serves at most ", streams_.max_streams(), " streams")));
+  }
+  auto* link = new DeviceIotlbReactor(iommu_, limits_.watch_queue_capacity,
+                                      [this](StoppableStream* done) { Forget(done); });
+  Track(link);
+  return link;
+}
+
+void BrokerService::Track(StoppableStream* stream) {
+  std::lock_guard<std::mutex> lock(stoppable_mutex_);
+  stoppable_.insert(stream);
+  if (draining_.load(std::memory_order_acquire)) stream->Stop();
+}
+
+void BrokerService::Forget(StoppableStream* stream) {
   {
-    std::lock_guard<std::mutex> lock(watchers_mutex_);
-    watchers_.erase(watcher);
+    std::lock_guard<std::mutex> lock(stoppable_mutex_);
+    stoppable_.erase(stream);
   }
   streams_.Release();
 }

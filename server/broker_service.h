@@ -24,11 +24,11 @@
 #include "core/iommu/iommu.h"
 #include "iommu_broker/v1/iommu_broker.grpc.pb.h"
 #include "server/log.h"
+#include "server/stoppable_stream.h"
 #include "server/stream_limit.h"
 
 namespace iommu_broker {
 
-class WatchReactor;
 
 struct ServiceLimits {
   size_t max_batch_operations = 4096;    // per Batch message
@@ -104,6 +104,8 @@ class BrokerService final : public v1::IommuBroker::CallbackService {
       grpc::CallbackServerContext* context) override;
   grpc::ServerWriteReactor<v1::Event>* WatchEvents(grpc::CallbackServerContext* context,
                                                    const v1::WatchEventsRequest* request) override;
+  grpc::ServerBidiReactor<v1::DeviceIotlbRequest, v1::DeviceIotlbInvalidations>* LinkDeviceIotlb(
+      grpc::CallbackServerContext* context) override;
 
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
                                      const v1::GetStatsRequest* request,
@@ -117,15 +119,17 @@ class BrokerService final : public v1::IommuBroker::CallbackService {
   // Logs an admin action: event=`action`, its fields, result=ok or the code.
   void Audit(absl::string_view action, const absl::Status& status,
              std::initializer_list<LogField> fields);
-  void Forget(WatchReactor* watcher);
+  // Keeps a stream that Drain() must stop, unless draining already has.
+  void Track(StoppableStream* stream);
+  void Forget(StoppableStream* stream);
 
   Iommu& iommu_;
   const ServiceLimits limits_;
   Logger& log_;
   StreamLimit streams_;
   std::atomic<bool> draining_{false};
-  std::mutex watchers_mutex_;
-  absl::flat_hash_set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mutex_);
+  std::mutex stoppable_mutex_;
+  absl::flat_hash_set<StoppableStream*> stoppable_ ABSL_GUARDED_BY(stoppable_mutex_);
 };
 
 }  // namespace iommu_broker

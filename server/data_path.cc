@@ -33,6 +33,7 @@ absl::Status DataPath::Unmap(const v1::UnmapRequest& request, v1::UnmapResponse*
   if (!device.ok()) return device.status();
   absl::StatusOr<UnmapResult> result = iommu_.Unmap(**device, request.iova(), request.size());
   if (!result.ok()) return result.status();
+  if (result->device_tlb_acks != nullptr) device_tlb_acks_.push_back(result->device_tlb_acks);
   UnmapResultToProto(*result, response);
   return absl::OkStatus();
 }
@@ -52,6 +53,12 @@ absl::Status DataPath::Translate(const v1::TranslateRequest& request,
 
 absl::Status DataPath::Flush(const v1::FlushRequest& request) {
   return iommu_.Flush(request.domain_id());
+}
+
+std::shared_ptr<Completion> DataPath::TakeDeviceTlbAcks() {
+  std::vector<std::shared_ptr<Completion>> acks;
+  acks.swap(device_tlb_acks_);
+  return Completion::AllOf(std::move(acks));
 }
 
 void DataPath::Run(const v1::Operation& operation, v1::OperationResult* result) {

@@ -13,10 +13,12 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/iommu/completion.h"
 #include "core/iommu/iommu.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
 
@@ -35,11 +37,17 @@ class DataPath final {
   // One Batch operation into `result` (its status, and its response if OK).
   void Run(const v1::Operation& operation, v1::OperationResult* result);
 
+  // What the paranoid unmaps run so far still wait for: device-side IOTLBs'
+  // acknowledgements. Their replies must not go out before it fires. Null
+  // if nothing waits; the DataPath forgets them.
+  std::shared_ptr<Completion> TakeDeviceTlbAcks();
+
  private:
   absl::StatusOr<Device*> FindDevice(const std::string& device_id);
 
   Iommu& iommu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Device>> devices_;
+  std::vector<std::shared_ptr<Completion>> device_tlb_acks_;
 };
 
 }  // namespace iommu_broker

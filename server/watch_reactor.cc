@@ -10,7 +10,7 @@ namespace iommu_broker {
 WatchReactor::WatchReactor(std::shared_ptr<FaultSubscription> faults,
                            std::shared_ptr<Invalidations> invalidations,
                            std::string domain_filter, std::string device_filter,
-                           absl::AnyInvocable<void(WatchReactor*)> on_done)
+                           absl::AnyInvocable<void(StoppableStream*)> on_done)
     : faults_(std::move(faults)),
       invalidations_(std::move(invalidations)),
       domain_filter_(std::move(domain_filter)),

@@ -24,10 +24,11 @@
 #include "core/iommu/types.h"
 #include "grpcpp/support/server_callback.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
+#include "server/stoppable_stream.h"
 
 namespace iommu_broker {
 
-class WatchReactor final : public grpc::ServerWriteReactor<v1::Event> {
+class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public StoppableStream {
  public:
   using Invalidations = Subscription<InvalidationEvent>;
 
@@ -37,12 +38,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event> {
   // reactor is deleted.
   WatchReactor(std::shared_ptr<FaultSubscription> faults,
                std::shared_ptr<Invalidations> invalidations, std::string domain_filter,
-               std::string device_filter, absl::AnyInvocable<void(WatchReactor*)> on_done);
+               std::string device_filter, absl::AnyInvocable<void(StoppableStream*)> on_done);
 
   // Starts delivering; call once, after the reactor is registered.
   void Start();
   // Ends the stream with OK after the write in flight (broker shutdown).
-  void Stop();
+  void Stop() override;
 
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
@@ -60,7 +61,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event> {
   const std::shared_ptr<Invalidations> invalidations_;
   const std::string domain_filter_;  // empty: every domain
   const std::string device_filter_;  // empty: every device
-  absl::AnyInvocable<void(WatchReactor*)> on_done_;
+  absl::AnyInvocable<void(StoppableStream*)> on_done_;
 
   std::mutex mutex_;
   v1::Event event_ ABSL_GUARDED_BY(mutex_);

@@ -281,6 +281,35 @@ grpc::Status RefusedWatch(Stub& stub, const v1::WatchEventsRequest& request) {
   return events.stream->Finish();
 }
 
+// A LinkDeviceIotlb stream and the context it lives in.
+using IotlbLinkStream =
+    grpc::ClientReaderWriter<v1::DeviceIotlbRequest, v1::DeviceIotlbInvalidations>;
+struct IotlbLink {
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<IotlbLinkStream> stream;
+};
+
+// Opens a link for `device` and reads the broker's first, empty message:
+// from then on invalidations reach the cache.
+IotlbLink LinkIotlb(Stub& stub, const std::string& device) {
+  IotlbLink link;
+  link.context = ContextWithDeadline();
+  link.stream = stub.LinkDeviceIotlb(link.context.get());
+  v1::DeviceIotlbRequest request;
+  request.mutable_link()->set_device_id(device);
+  link.stream->Write(request);
+  v1::DeviceIotlbInvalidations confirmation;
+  EXPECT_TRUE(link.stream->Read(&confirmation));
+  EXPECT_EQ(confirmation.invalidations_size(), 0);
+  return link;
+}
+
+void AcknowledgeUpTo(IotlbLinkStream& stream, uint64_t sequence) {
+  v1::DeviceIotlbRequest ack;
+  ack.set_acknowledged_sequence(sequence);
+  ASSERT_TRUE(stream.Write(ack));
+}
+
 // ---------------------------------------------------------------------------
 // Health and reflection helpers
 
@@ -1669,6 +1698,142 @@ TEST_F(BrokerServiceTest, WatchEndsWithOkWhenTheBrokerShutsDown) {
   shutdown.join();
 
   EXPECT_FALSE(got_event) << event.DebugString();
+  EXPECT_THAT(status, IsOk());
+}
+
+// ===========================================================================
+// Device-side IOTLB links
+
+TEST_F(BrokerServiceTest, ParanoidUnmapRepliesOnlyOnceTheLinkedCacheAcknowledged) {
+  SetUpAttachedDevice(v1::POLICY_PARANOID);
+  IotlbLink link = LinkIotlb(stub(), kDevice);
+  const uint64_t iova = MustMap(MapAnywhere(kDevice, 0x100000, 2 * kPage)).iova();
+  std::atomic<bool> replied{false};
+  Reply<v1::UnmapResponse> unmapped;
+  std::thread unmapper([&] {
+    unmapped = Unmap(UnmapOf(kDevice, iova, 2 * kPage));
+    replied.store(true);
+  });
+
+  v1::DeviceIotlbInvalidations sent;
+  ASSERT_TRUE(link.stream->Read(&sent));
+  ASSERT_EQ(sent.invalidations_size(), 1);
+  const v1::DeviceIotlbInvalidation& invalidation = sent.invalidations(0);
+  EXPECT_EQ(invalidation.sequence(), 1u);
+  EXPECT_EQ(invalidation.invalidation().scope(), v1::Invalidation::SCOPE_RANGE);
+  EXPECT_EQ(invalidation.invalidation().iova(), iova);
+  EXPECT_EQ(invalidation.invalidation().size(), 2 * kPage);
+  EXPECT_FALSE(replied.load());
+  // The IOVA stays taken until the cache dropped it.
+  EXPECT_EQ(StatsOf(kDomain).iova().allocated_bytes(), 2 * kPage);
+  AcknowledgeUpTo(*link.stream, invalidation.sequence());
+  unmapper.join();
+  ASSERT_THAT(unmapped.status, IsOk());
+  EXPECT_EQ(unmapped.response.bytes_unmapped(), 2 * kPage);
+  link.context->TryCancel();
+}
+
+TEST_F(BrokerServiceTest, BatchWithAParanoidUnmapAnswersOnceTheCacheAcknowledged) {
+  SetUpAttachedDevice(v1::POLICY_PARANOID);
+  IotlbLink link = LinkIotlb(stub(), kDevice);
+  MustMap(MapAt(kDevice, 0x10000, 0x100000, kPage));
+  BatchStream batch = OpenBatch(stub());
+  v1::BatchRequest request;
+  *request.add_operations() = UnmapOp(UnmapOf(kDevice, 0x10000, kPage));
+  *request.add_operations() = TranslateOp(TranslateOf(kDevice, 0x10000, kPage));
+  ASSERT_TRUE(batch.stream->Write(request));
+
+  v1::DeviceIotlbInvalidations sent;
+  ASSERT_TRUE(link.stream->Read(&sent));
+  ASSERT_EQ(sent.invalidations_size(), 1);
+  AcknowledgeUpTo(*link.stream, sent.invalidations(0).sequence());
+  v1::BatchResponse response;
+  ASSERT_TRUE(batch.stream->Read(&response));
+  ASSERT_EQ(response.results_size(), 2);
+  EXPECT_EQ(response.results(0).unmap().bytes_unmapped(), kPage);
+  EXPECT_TRUE(response.results(1).translate().has_fault());
+  batch.stream->WritesDone();
+  EXPECT_THAT(batch.stream->Finish(), IsOk());
+  link.context->TryCancel();
+}
+
+TEST_F(BrokerServiceTest, SilentCacheIsCutOffAndTheUnmapCompletes) {
+  v1::BrokerConfig config;
+  config.mutable_engine()->mutable_device_iotlb_ack_timeout()->set_nanos(20 * 1000 * 1000);
+  StartBroker(config);
+  SetUpAttachedDevice(v1::POLICY_PARANOID);
+  IotlbLink link = LinkIotlb(stub(), kDevice);
+  MustMap(MapAt(kDevice, 0x10000, 0x100000, kPage));
+  ASSERT_THAT(Unmap(UnmapOf(kDevice, 0x10000, kPage)).status, IsOk());
+  v1::DeviceIotlbInvalidations sent;
+  while (link.stream->Read(&sent)) {
+  }
+  EXPECT_THAT(link.stream->Finish(),
+              StatusIs(grpc::StatusCode::DEADLINE_EXCEEDED, HasSubstr(kDevice)));
+  // The device may link again.
+  IotlbLink again = LinkIotlb(stub(), kDevice);
+  MustMap(MapAt(kDevice, 0x10000, 0x100000, kPage));
+  again.context->TryCancel();
+}
+
+TEST_F(BrokerServiceTest, FastSendsTheCacheItsInvalidationsWithTheFlush) {
+  CreateSlowFlushingFastDomain(kDomain);
+  RegisterDevice(kDevice);
+  Attach(kDevice, kDomain);
+  IotlbLink link = LinkIotlb(stub(), kDevice);
+  MustMap(MapAt(kDevice, 0x10000, 0x100000, kPage));
+  ASSERT_THAT(Unmap(UnmapOf(kDevice, 0x10000, kPage)).status, IsOk());  // waits for nobody
+  ASSERT_THAT(Call(stub(), &Stub::Flush, FlushOf(kDomain)).status, IsOk());
+  v1::DeviceIotlbInvalidations sent;
+  ASSERT_TRUE(link.stream->Read(&sent));
+  ASSERT_EQ(sent.invalidations_size(), 1);
+  EXPECT_EQ(sent.invalidations(0).invalidation().iova(), 0x10000u);
+  link.context->TryCancel();
+}
+
+TEST_F(BrokerServiceTest, LinkRefusesBadFirstMessagesUnknownDevicesAndSecondCaches) {
+  RegisterDevice(kDevice);
+  const auto ended = [&](const v1::DeviceIotlbRequest& first) {
+    std::unique_ptr<grpc::ClientContext> context = ContextWithDeadline();
+    std::unique_ptr<IotlbLinkStream> stream = stub().LinkDeviceIotlb(context.get());
+    stream->Write(first);
+    v1::DeviceIotlbInvalidations ignored;
+    while (stream->Read(&ignored)) {
+    }
+    return stream->Finish();
+  };
+  v1::DeviceIotlbRequest ack_first;
+  ack_first.set_acknowledged_sequence(1);
+  EXPECT_THAT(ended(ack_first), StatusIs(grpc::StatusCode::INVALID_ARGUMENT, HasSubstr("link")));
+  v1::DeviceIotlbRequest unknown;
+  unknown.mutable_link()->set_device_id("0000:99:00.0");
+  EXPECT_THAT(ended(unknown), StatusIs(grpc::StatusCode::NOT_FOUND, HasSubstr("0000:99:00.0")));
+  v1::DeviceIotlbRequest empty;
+  empty.mutable_link();
+  EXPECT_THAT(ended(empty), StatusIs(grpc::StatusCode::INVALID_ARGUMENT, HasSubstr("device_id")));
+
+  IotlbLink link = LinkIotlb(stub(), kDevice);
+  v1::DeviceIotlbRequest second;
+  second.mutable_link()->set_device_id(kDevice);
+  EXPECT_THAT(ended(second), StatusIs(grpc::StatusCode::ALREADY_EXISTS, HasSubstr(kDevice)));
+  // Acknowledging what was never sent ends the link.
+  AcknowledgeUpTo(*link.stream, 5);
+  v1::DeviceIotlbInvalidations ignored;
+  while (link.stream->Read(&ignored)) {
+  }
+  EXPECT_THAT(link.stream->Finish(),
+              StatusIs(grpc::StatusCode::INVALID_ARGUMENT, HasSubstr("sequence 5")));
+}
+
+TEST_F(BrokerServiceTest, LinkEndsWithOkWhenTheBrokerShutsDown) {
+  RegisterDevice(kDevice);
+  IotlbLink link = LinkIotlb(stub(), kDevice);
+  std::thread shutdown([this] { broker_->server().Shutdown(absl::Seconds(5)); });
+  v1::DeviceIotlbInvalidations ignored;
+  while (link.stream->Read(&ignored)) {
+  }
+  const grpc::Status status = link.stream->Finish();
+  shutdown.join();
   EXPECT_THAT(status, IsOk());
 }
 
