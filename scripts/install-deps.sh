@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev googletest
   libbenchmark-dev
   libcli11-dev
+  python3-grpcio python3-protobuf
 )
 
 missing=()

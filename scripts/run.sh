@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build-release --parallel "$(nproc)" --target iommu-brokerd
+cmake --build build-release --parallel "$(nproc)" --target iommu-brokerd iommuctl
 exec build-release/server/iommu-brokerd --config=deploy/iommu-brokerd.textproto "$@"

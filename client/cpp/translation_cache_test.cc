@@ -1,0 +1,112 @@
+#include "client/cpp/translation_cache.h"
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace iommu_broker::client {
+namespace {
+
+constexpr uint64_t kPage = TranslationCache::kPageSize;
+
+TEST(TranslationCacheTest, HitsOnlyForGrantedAccesses) {
+  TranslationCache cache(64);
+  EXPECT_FALSE(cache.Lookup(0x1000, DmaAccess::kRead).has_value());
+  cache.Insert(cache.FillToken(), 0x1000, 0x9000, DmaAccess::kRead);
+  EXPECT_EQ(cache.Lookup(0x1000, DmaAccess::kRead), 0x9000u);
+  EXPECT_FALSE(cache.Lookup(0x1000, DmaAccess::kWrite).has_value());
+  cache.Insert(cache.FillToken(), 0x1000, 0x9000, DmaAccess::kWrite);
+  EXPECT_EQ(cache.Lookup(0x1000, DmaAccess::kWrite), 0x9000u);
+  // A different physical page voids the old grants.
+  cache.Insert(cache.FillToken(), 0x1000, 0xa000, DmaAccess::kWrite);
+  EXPECT_FALSE(cache.Lookup(0x1000, DmaAccess::kRead).has_value());
+  const TranslationCacheStats stats = cache.Stats();
+  EXPECT_EQ(stats.hits, 2u);
+  EXPECT_EQ(stats.misses, 3u);
+  EXPECT_EQ(stats.entries, 1u);
+}
+
+TEST(TranslationCacheTest, AFillThatRacedWithAnInvalidationIsDropped) {
+  TranslationCache cache(64);
+  const uint64_t token = cache.FillToken();
+  cache.InvalidateRange(0x1000, kPage);
+  cache.Insert(token, 0x1000, 0x9000, DmaAccess::kRead);
+  EXPECT_FALSE(cache.Lookup(0x1000, DmaAccess::kRead).has_value());
+  EXPECT_EQ(cache.Stats().dropped_fills, 1u);
+}
+
+TEST(TranslationCacheTest, RangeInvalidationDropsEveryOverlappingPageAndNoOther) {
+  TranslationCache cache(1 << 16);
+  for (uint64_t page = 0; page < 8; ++page) {
+    cache.Insert(cache.FillToken(), page * kPage, 0x100000 + page * kPage, DmaAccess::kRead);
+  }
+  cache.InvalidateRange(2 * kPage + 1, 2 * kPage);  // touches pages 2, 3 and 4
+  for (uint64_t page = 0; page < 8; ++page) {
+    EXPECT_EQ(cache.Lookup(page * kPage, DmaAccess::kRead).has_value(), page < 2 || page > 4)
+        << page;
+  }
+  cache.InvalidateRange(0, uint64_t{1} << 40);  // scans instead of probing
+  EXPECT_EQ(cache.Stats().entries, 0u);
+}
+
+TEST(TranslationCacheTest, StaysWithinItsCapacity) {
+  TranslationCache cache(32);
+  for (uint64_t page = 0; page < 1000; ++page) {
+    cache.Insert(cache.FillToken(), page * kPage, page * kPage, DmaAccess::kRead);
+  }
+  EXPECT_LE(cache.Stats().entries, 32u);
+}
+
+// A model broker remaps a few pages to ever new physical pages, invalidating
+// the cache after each unmap, while readers fill the cache from the model
+// and look pages up. A lookup begun after a page's invalidation returned
+// must never see the physical page that invalidation removed.
+TEST(TranslationCacheTest, NoLookupSeesAPageItsInvalidationRemoved) {
+  constexpr int kPages = 4;
+  constexpr uint64_t kGenerations = 2000;
+  TranslationCache cache(64);
+  std::array<std::atomic<uint64_t>, kPages> model{};  // generation + 1; 0: unmapped
+  std::vector<std::atomic<uint64_t>> invalidated_at(kGenerations + 1);  // 0: not yet
+  std::atomic<uint64_t> clock{1};
+  std::atomic<bool> done{false};
+  std::atomic<int> violations{0};
+
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&, r] {
+      for (uint64_t i = r; !done.load(); ++i) {
+        const int slot = static_cast<int>(i % kPages);
+        const uint64_t page = slot * kPage;
+        const uint64_t started = clock.load();
+        std::optional<uint64_t> cached = cache.Lookup(page, DmaAccess::kRead);
+        if (cached.has_value()) {
+          const uint64_t removed = invalidated_at[*cached / kPage].load();
+          if (removed != 0 && removed <= started) violations.fetch_add(1);
+          continue;
+        }
+        const uint64_t token = cache.FillToken();
+        const uint64_t mapped = model[slot].load();  // the broker's answer
+        if (mapped != 0) cache.Insert(token, page, mapped * kPage, DmaAccess::kRead);
+      }
+    });
+  }
+  for (uint64_t generation = 1; generation <= kGenerations; ++generation) {
+    const int slot = static_cast<int>(generation % kPages);
+    model[slot].store(generation);
+    std::this_thread::yield();
+    model[slot].store(0);  // unmapped ...
+    cache.InvalidateRange(slot * kPage, kPage);  // ... invalidated ...
+    invalidated_at[generation].store(clock.fetch_add(1) + 1);  // ... and replied
+  }
+  done.store(true);
+  for (std::thread& reader : readers) reader.join();
+  EXPECT_EQ(violations.load(), 0);
+}
+
+}  // namespace
+}  // namespace iommu_broker::client
