@@ -469,14 +469,16 @@ std::shared_ptr<Completion> Domain::ReleaseIovas(absl::Span<const PageTable::Rem
     if (watched) {
       for (const InvalidationEvent& event : events) env_.invalidations->Publish(event);
     }
-    if (cached && !await_device_tlbs) env_.device_tlbs->SendToDomain(this, events, nullptr);
-    if (cached && await_device_tlbs) {
-      std::shared_ptr<Completion> acked = env_.device_tlbs->SendToDomain(
-          this, events,
-          [self = shared_from_this(), held = std::vector<PageTable::Removed>(
-                                          removed.begin(), removed.end())] {
-            self->FreeIovas(held);
-          });
+    if (cached) {
+      absl::AnyInvocable<void()> after_acks;
+      if (await_device_tlbs) {
+        after_acks = [self = shared_from_this(),
+                      held = std::vector<PageTable::Removed>(removed.begin(), removed.end())] {
+          self->FreeIovas(held);
+        };
+      }
+      std::shared_ptr<Completion> acked =
+          env_.device_tlbs->SendToDomain(this, events, std::move(after_acks));
       if (acked != nullptr) return acked;
     }
   }
