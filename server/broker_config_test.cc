@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "client/cpp/health.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -17,7 +18,6 @@
 #include "iommu_broker/v1/iommu_broker.grpc.pb.h"
 #include "server/broker_server.h"
 #include "server/log.h"
-#include "tests/server/health_check.h"
 
 namespace iommu_broker {
 namespace {
@@ -496,12 +496,12 @@ TEST(DeployConfigTest, StartsAndServes) {
   // And over gRPC: healthy, and the same three domains.
   std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(
       absl::StrCat("127.0.0.1:", broker.port()), grpc::InsecureChannelCredentials());
-  absl::StatusOr<health_check::ServingStatus> health =
-      health_check::WaitForServing(channel, "", /*attempts=*/50);
+  absl::StatusOr<client::ServingStatus> health =
+      client::WaitForServing(channel, "", absl::Seconds(10));
   ASSERT_TRUE(health.ok()) << health.status();
-  EXPECT_EQ(*health, health_check::ServingStatus::kServing);
-  EXPECT_EQ(*health_check::CheckHealth(channel, std::string(kServiceName)),
-            health_check::ServingStatus::kServing);
+  EXPECT_EQ(*health, client::ServingStatus::kServing);
+  EXPECT_EQ(*client::CheckHealth(channel, kServiceName, absl::Seconds(10)),
+            client::ServingStatus::kServing);
 
   std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(channel);
   grpc::ClientContext context;

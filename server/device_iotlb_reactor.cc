@@ -115,6 +115,7 @@ void DeviceIotlbReactor::WriteNextLocked() {
     v1::DeviceIotlbInvalidation* out = message_.add_invalidations();
     out->set_sequence(next->sequence);
     InvalidationToProto(next->event, out->mutable_invalidation());
+    out->set_flush_pending(next->event.flush_pending);
   }
   // The first message goes out even if empty: it tells the cache it is
   // linked, so invalidations from then on reach it.

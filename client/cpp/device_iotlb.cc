@@ -1,6 +1,5 @@
 #include "client/cpp/device_iotlb.h"
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -39,6 +38,13 @@ void AppendSegment(uint64_t phys, uint64_t length, v1::TranslateResponse& respon
   segment->set_size(length);
 }
 
+// How misses are asked: on the cache's channel, with its deadline.
+ConnectionOptions MissOptions(const DeviceIotlbOptions& options) {
+  ConnectionOptions connection;
+  connection.deadline = options.call_deadline;
+  return connection;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DeviceIotlb>> DeviceIotlb::Link(
@@ -53,6 +59,7 @@ DeviceIotlb::DeviceIotlb(std::shared_ptr<grpc::Channel> channel, DeviceIotlbOpti
     : channel_(std::move(channel)),
       stub_(v1::IommuBroker::NewStub(channel_)),
       options_(std::move(options)),
+      broker_(channel_, MissOptions(options_)),
       cache_(options_.max_pages),
       status_(absl::UnavailableError("not linked yet")) {}
 
@@ -109,7 +116,7 @@ void DeviceIotlb::ReadInvalidations(grpc::ClientContext* context, LinkStream* st
   while (acknowledging && stream->Read(&message)) {
     if (message.invalidations_size() == 0) continue;
     for (const v1::DeviceIotlbInvalidation& invalidation : message.invalidations()) {
-      Apply(invalidation.invalidation());
+      Apply(invalidation);
     }
     v1::DeviceIotlbRequest ack;
     ack.set_acknowledged_sequence(message.invalidations(message.invalidations_size() - 1).sequence());
@@ -127,8 +134,11 @@ void DeviceIotlb::ReadInvalidations(grpc::ClientContext* context, LinkStream* st
   cache_.InvalidateAll();
 }
 
-void DeviceIotlb::Apply(const v1::Invalidation& invalidation) {
-  if (invalidation.scope() == v1::Invalidation::SCOPE_RANGE) {
+void DeviceIotlb::Apply(const v1::DeviceIotlbInvalidation& notice) {
+  const v1::Invalidation& invalidation = notice.invalidation();
+  if (notice.flush_pending()) {
+    cache_.MarkUnmapped(invalidation.iova(), invalidation.size());
+  } else if (invalidation.scope() == v1::Invalidation::SCOPE_RANGE) {
     cache_.InvalidateRange(invalidation.iova(), invalidation.size());
   } else {
     cache_.InvalidateAll();  // this device's entries, or its whole domain's
@@ -146,14 +156,15 @@ absl::StatusOr<v1::TranslateResponse> DeviceIotlb::Translate(uint64_t iova, uint
   v1::TranslateResponse response;
   v1::MappingKind kind = v1::MAPPING_KIND_TRANSLATED;  // the first page's
   bool all_hits = true;
+  bool stale = false;
   const uint64_t last = iova + (size - 1);
   for (uint64_t cursor = iova; cursor <= last;) {
     const uint64_t page = cursor & ~(kPage - 1);
-    bool hit = false;
-    absl::StatusOr<v1::TranslateResponse> translated = TranslatePage(page, access, hit);
+    absl::StatusOr<v1::TranslateResponse> translated = TranslatePage(page, access);
     if (!translated.ok() || translated->has_fault()) return translated;
-    if (cursor == iova && !hit) kind = translated->kind();
-    all_hits = all_hits && hit;
+    if (cursor == iova && !translated->iotlb_hit()) kind = translated->kind();
+    all_hits = all_hits && translated->iotlb_hit();
+    stale = stale || translated->stale();
     const uint64_t piece_last = std::min(last, page + (kPage - 1));
     AppendSegment(translated->segments(0).phys() + (cursor - page), piece_last - cursor + 1,
                   response);
@@ -162,15 +173,17 @@ absl::StatusOr<v1::TranslateResponse> DeviceIotlb::Translate(uint64_t iova, uint
   }
   response.set_kind(kind);
   response.set_iotlb_hit(all_hits);
+  response.set_stale(stale);
   return response;
 }
 
 absl::StatusOr<v1::TranslateResponse> DeviceIotlb::TranslatePage(uint64_t iova_page,
-                                                                 DmaAccess access, bool& hit) {
-  v1::TranslateResponse page;
-  if (std::optional<uint64_t> phys = cache_.Lookup(iova_page, access)) {
-    hit = true;
-    AppendSegment(*phys, kPage, page);
+                                                                 DmaAccess access) {
+  if (std::optional<TranslationCache::CachedPage> cached = cache_.Lookup(iova_page, access)) {
+    v1::TranslateResponse page;
+    AppendSegment(cached->phys_page, kPage, page);
+    page.set_iotlb_hit(true);
+    page.set_stale(cached->stale);
     return page;
   }
   const uint64_t token = cache_.FillToken();
@@ -179,19 +192,16 @@ absl::StatusOr<v1::TranslateResponse> DeviceIotlb::TranslatePage(uint64_t iova_p
   request.set_iova(iova_page);
   request.set_size(kPage);
   request.set_access(ToProto(access));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoNanoseconds(options_.call_deadline));
-  if (grpc::Status status = stub_->Translate(&context, request, &page); !status.ok()) {
-    return FromGrpcStatus(status);
-  }
+  absl::StatusOr<v1::TranslateResponse> page = broker_.Translate(request);
+  if (!page.ok()) return page;
   // Only page-table translations are invalidated by range: identity and
   // bypass pages are asked for each time, and a stale answer (fast) is not
   // worth keeping.
-  if (!page.has_fault() && !page.stale() && page.segments_size() == 1 &&
-      page.kind() == v1::MAPPING_KIND_TRANSLATED) {
-    cache_.Insert(token, iova_page, page.segments(0).phys(), access);
+  if (!page->has_fault() && !page->stale() && page->segments_size() == 1 &&
+      page->kind() == v1::MAPPING_KIND_TRANSLATED) {
+    cache_.Insert(token, iova_page, page->segments(0).phys(), access);
   }
+  page->set_iotlb_hit(false);  // the broker's IOTLB is not this cache
   return page;
 }
 

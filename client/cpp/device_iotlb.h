@@ -5,7 +5,10 @@
 // pages and are acknowledged once applied. Under paranoid the broker's
 // Unmap replies only after that acknowledgement, so no translation begun
 // after an Unmap replied returns what it removed. Under fast,
-// invalidations arrive with the broker's batch flush, as its own IOTLB's do.
+// invalidations arrive with the broker's batch flush, as its own IOTLB's do;
+// the broker first notes each unmapped range, and until the flush a hit on
+// it is served but marked and counted stale (TranslateResponse.stale,
+// Stats().stale_hits), as the broker marks and counts its own.
 //
 //   absl::StatusOr<std::unique_ptr<DeviceIotlb>> iotlb =
 //       DeviceIotlb::Link(channel, {.device_id = "0000:3b:00.0"});
@@ -32,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/cpp/broker_client.h"
 #include "client/cpp/translation_cache.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -58,8 +62,8 @@ class DeviceIotlb final {
 
   // What the device's DMA to [iova, iova + size) reaches: segments, or a
   // fault (as the broker's Translate answers; iotlb_hit when every page came
-  // from this cache). UNAVAILABLE while unlinked; other errors as the
-  // broker's.
+  // from this cache, stale when one was unmapped and awaits its flush).
+  // UNAVAILABLE while unlinked; other errors as the broker's.
   absl::StatusOr<v1::TranslateResponse> Translate(uint64_t iova, uint64_t size, DmaAccess access);
 
   // Links again after the link ended, starting empty. OK if linked already.
@@ -81,15 +85,16 @@ class DeviceIotlb final {
   // The reader thread: applies and acknowledges invalidations until the
   // stream ends, then empties the cache and records why.
   void ReadInvalidations(grpc::ClientContext* context, LinkStream* stream);
-  void Apply(const v1::Invalidation& invalidation);
-  // The physical page of `iova_page`, from the cache or the broker; or the
-  // broker's fault response.
-  absl::StatusOr<v1::TranslateResponse> TranslatePage(uint64_t iova_page, DmaAccess access,
-                                                      bool& hit);
+  // Applies one invalidation, or marks a range a fast unmap left pending.
+  void Apply(const v1::DeviceIotlbInvalidation& notice);
+  // The physical page of `iova_page` from the cache (iotlb_hit and stale
+  // set as it found the page) or the broker; or the broker's fault response.
+  absl::StatusOr<v1::TranslateResponse> TranslatePage(uint64_t iova_page, DmaAccess access);
 
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::IommuBroker::Stub> stub_;
   const DeviceIotlbOptions options_;
+  const BrokerClient broker_;  // translates misses
   TranslationCache cache_;
 
   // Serializes Relink and the destructor.

@@ -22,7 +22,6 @@
 namespace iommu_broker::client {
 namespace {
 
-using ::iommu_broker::testing::ContextWithDeadline;
 using ::iommu_broker::testing::TestBroker;
 
 constexpr char kDomain[] = "vm1";
@@ -38,14 +37,14 @@ class DeviceIotlbTest : public ::testing::Test {
     domain.mutable_domain()->set_id(kDomain);
     domain.mutable_domain()->set_policy(policy);
     domain.mutable_domain()->mutable_flush_queue_timeout()->set_seconds(10);
-    Expect(Call(&Stub::CreateDomain, domain));
+    Expect(broker_->Call(&Stub::CreateDomain, domain));
     v1::RegisterDeviceRequest device;
     device.mutable_device()->set_id(kDevice);
-    Expect(Call(&Stub::RegisterDevice, device));
+    Expect(broker_->Call(&Stub::RegisterDevice, device));
     v1::AttachDeviceRequest attach;
     attach.set_device_id(kDevice);
     attach.set_domain_id(kDomain);
-    Expect(Call(&Stub::AttachDevice, attach));
+    Expect(broker_->Call(&Stub::AttachDevice, attach));
     absl::StatusOr<std::unique_ptr<DeviceIotlb>> iotlb =
         DeviceIotlb::Link(broker_->channel(), {.device_id = kDevice});
     ASSERT_TRUE(iotlb.ok()) << iotlb.status();
@@ -53,16 +52,6 @@ class DeviceIotlbTest : public ::testing::Test {
   }
 
   using Stub = v1::IommuBroker::Stub;
-  template <typename Request, typename Response>
-  using Method = grpc::Status (Stub::*)(grpc::ClientContext*, const Request&, Response*);
-
-  template <typename Request, typename Response>
-  grpc::Status Call(Method<Request, Response> method, const Request& request,
-                    Response* response = nullptr) {
-    Response ignored;
-    std::unique_ptr<grpc::ClientContext> context = ContextWithDeadline();
-    return (broker_->stub().*method)(context.get(), request, response ? response : &ignored);
-  }
   static void Expect(const grpc::Status& status) {
     EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
   }
@@ -75,14 +64,14 @@ class DeviceIotlbTest : public ::testing::Test {
     map.set_size(size);
     map.mutable_permissions()->set_read(true);
     map.mutable_permissions()->set_write(write);
-    Expect(Call(&Stub::Map, map));
+    Expect(broker_->Call(&Stub::Map, map));
   }
   void Unmap(uint64_t iova, uint64_t size) {
     v1::UnmapRequest unmap;
     unmap.set_device_id(kDevice);
     unmap.set_iova(iova);
     unmap.set_size(size);
-    Expect(Call(&Stub::Unmap, unmap));
+    Expect(broker_->Call(&Stub::Unmap, unmap));
   }
   v1::TranslateResponse Dma(uint64_t iova, uint64_t size, DmaAccess access = DmaAccess::kRead) {
     absl::StatusOr<v1::TranslateResponse> result = iotlb_->Translate(iova, size, access);
@@ -90,8 +79,65 @@ class DeviceIotlbTest : public ::testing::Test {
     return result.ok() ? *result : v1::TranslateResponse();
   }
 
+  void FlushDomain() {
+    v1::FlushRequest flush;
+    flush.set_domain_id(kDomain);
+    Expect(broker_->Call(&Stub::Flush, flush));
+  }
+  // Fast sends without waiting for the cache, so tests that need what was
+  // sent applied wait for the cache's count. (Bounded only so a bug cannot
+  // hang.)
+  void AwaitInvalidations(uint64_t count) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(30);
+    while (iotlb_->Stats().invalidations < count && absl::Now() < give_up) {
+      std::this_thread::yield();
+    }
+    ASSERT_GE(iotlb_->Stats().invalidations, count);
+  }
+
+  // The coherence tests' clock: ticks as the broker's state changes.
+  uint64_t Tick() { return clock_.fetch_add(1) + 1; }
+
+  // Maps `generations` pages one after another at a few IOVAs (generation g
+  // at slot g % kSlots, to a physical page of its own), giving translators a
+  // chance to cache each, then runs `retire(g, iova)` (which removes it and
+  // records when, with Tick()). Meanwhile two threads translate the slots
+  // through the cache and hand every translation that reached memory to
+  // `check(response, generation, clock when it began)`. Returns how many did.
+  template <typename Check, typename Retire>
+  uint64_t RemapWhileTranslating(int generations, Check check, Retire retire) {
+    constexpr int kSlots = 4;
+    constexpr uint64_t kIovaBase = 0x100000;
+    constexpr uint64_t kPhysBase = 0x10000000;
+    std::atomic<bool> done{false};
+    std::atomic<uint64_t> translations{0};
+    std::vector<std::thread> translators;
+    for (int t = 0; t < 2; ++t) {
+      translators.emplace_back([&, t] {
+        for (uint64_t i = t; !done.load(); ++i) {
+          const uint64_t started = clock_.load();
+          absl::StatusOr<v1::TranslateResponse> dma =
+              iotlb_->Translate(kIovaBase + (i % kSlots) * kPage, 8, DmaAccess::kRead);
+          if (!dma.ok() || dma->has_fault()) continue;
+          translations.fetch_add(1);
+          check(*dma, static_cast<int>((dma->segments(0).phys() - kPhysBase) / kPage), started);
+        }
+      });
+    }
+    for (int generation = 0; generation < generations; ++generation) {
+      const uint64_t iova = kIovaBase + (generation % kSlots) * kPage;
+      MapAt(iova, kPhysBase + generation * kPage, kPage);
+      for (int spin = 0; spin < 50; ++spin) std::this_thread::yield();
+      retire(generation, iova);
+    }
+    done.store(true);
+    for (std::thread& translator : translators) translator.join();
+    return translations.load();
+  }
+
   std::unique_ptr<TestBroker> broker_;
   std::unique_ptr<DeviceIotlb> iotlb_;
+  std::atomic<uint64_t> clock_{1};
 };
 
 TEST_F(DeviceIotlbTest, CachesWhatTheBrokerTranslatesAndServesItLocally) {
@@ -128,22 +174,21 @@ TEST_F(DeviceIotlbTest, ParanoidUnmapHasEvictedThePageWhenItReplies) {
   EXPECT_TRUE(Dma(0x10000, 8).has_fault());
 }
 
-TEST_F(DeviceIotlbTest, FastEvictsWithTheBatchFlush) {
+TEST_F(DeviceIotlbTest, FastServesAnUnmappedPageAsStaleUntilTheBatchFlushEvictsIt) {
   Start(v1::POLICY_FAST);
   MapAt(0x10000, 0x200000, kPage);
   ASSERT_FALSE(Dma(0x10000, 8).has_fault());
+  const uint64_t before = iotlb_->Stats().invalidations;
   Unmap(0x10000, kPage);
-  EXPECT_TRUE(Dma(0x10000, 8).iotlb_hit());  // stale until the flush, as fast allows
-  const uint64_t invalidations = iotlb_->Stats().invalidations;
-  v1::FlushRequest flush;
-  flush.set_domain_id(kDomain);
-  Expect(Call(&Stub::Flush, flush));
-  // The flush sent the invalidation; fast waits for no acknowledgement, so
-  // the eviction lands shortly after. (Bounded only so a bug cannot hang.)
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  while (iotlb_->Stats().invalidations == invalidations && absl::Now() < give_up) {
-    std::this_thread::yield();
-  }
+  AwaitInvalidations(before + 1);  // the notice that the flush is pending
+  v1::TranslateResponse stale = Dma(0x10000, 8);
+  EXPECT_TRUE(stale.iotlb_hit());
+  EXPECT_TRUE(stale.stale());  // served, as fast allows, and marked
+  ASSERT_EQ(stale.segments_size(), 1);
+  EXPECT_EQ(stale.segments(0).phys(), 0x200000u);
+  EXPECT_EQ(iotlb_->Stats().stale_hits, 1u);
+  FlushDomain();
+  AwaitInvalidations(before + 2);
   EXPECT_TRUE(Dma(0x10000, 8).has_fault());
 }
 
@@ -153,44 +198,56 @@ TEST_F(DeviceIotlbTest, FastEvictsWithTheBatchFlush) {
 // never return that page.
 TEST_F(DeviceIotlbTest, NoTranslationReturnsAPageAfterItsParanoidUnmapReplied) {
   Start(v1::POLICY_PARANOID);
-  constexpr int kSlots = 4;
   constexpr int kGenerations = 400;
-  constexpr uint64_t kIovaBase = 0x100000;
-  constexpr uint64_t kPhysBase = 0x10000000;
-  std::atomic<uint64_t> clock{1};
   std::vector<std::atomic<uint64_t>> unmapped_at(kGenerations);  // 0: not yet
-  std::atomic<bool> done{false};
   std::atomic<int> violations{0};
-  std::atomic<uint64_t> translations{0};
-
-  std::vector<std::thread> translators;
-  for (int t = 0; t < 2; ++t) {
-    translators.emplace_back([&, t] {
-      for (uint64_t i = t; !done.load(); ++i) {
-        const uint64_t started = clock.load();
-        absl::StatusOr<v1::TranslateResponse> dma =
-            iotlb_->Translate(kIovaBase + (i % kSlots) * kPage, 8, DmaAccess::kRead);
-        if (!dma.ok() || dma->has_fault()) continue;
-        translations.fetch_add(1);
-        const uint64_t generation = (dma->segments(0).phys() - kPhysBase) / kPage;
+  const uint64_t translations = RemapWhileTranslating(
+      kGenerations,
+      [&](const v1::TranslateResponse&, int generation, uint64_t started) {
         const uint64_t unmapped = unmapped_at[generation].load();
         if (unmapped != 0 && unmapped <= started) violations.fetch_add(1);
-      }
-    });
-  }
-  for (int generation = 0; generation < kGenerations; ++generation) {
-    const uint64_t iova = kIovaBase + (generation % kSlots) * kPage;
-    MapAt(iova, kPhysBase + generation * kPage, kPage);
-    // Give the translators a chance to cache it.
-    for (int spin = 0; spin < 50; ++spin) std::this_thread::yield();
-    Unmap(iova, kPage);
-    unmapped_at[generation].store(clock.fetch_add(1) + 1);
-  }
-  done.store(true);
-  for (std::thread& translator : translators) translator.join();
+      },
+      [&](int generation, uint64_t iova) {
+        Unmap(iova, kPage);
+        unmapped_at[generation].store(Tick());
+      });
   EXPECT_EQ(violations.load(), 0);
-  EXPECT_GT(translations.load(), 0u);
+  EXPECT_GT(translations, 0u);
   EXPECT_GT(iotlb_->Stats().hits, 0u);
+}
+
+// The fast counterpart: each generation is mapped, unmapped and flushed while
+// threads translate through the cache. Once the unmap's notice reached the
+// cache, every translation that returns the page must say it is stale; once
+// the flush's invalidation reached it, none may return the page.
+TEST_F(DeviceIotlbTest, FastMarksUnmappedPagesStaleThenEvictsThemAtTheFlush) {
+  Start(v1::POLICY_FAST);
+  constexpr int kGenerations = 300;
+  std::vector<std::atomic<uint64_t>> noticed_at(kGenerations);  // 0: not yet
+  std::vector<std::atomic<uint64_t>> flushed_at(kGenerations);  // 0: not yet
+  std::atomic<int> unmarked_stale{0};
+  std::atomic<int> after_flush{0};
+  const uint64_t translations = RemapWhileTranslating(
+      kGenerations,
+      [&](const v1::TranslateResponse& dma, int generation, uint64_t started) {
+        const uint64_t noticed = noticed_at[generation].load();
+        const uint64_t flushed = flushed_at[generation].load();
+        if (noticed != 0 && noticed <= started && !dma.stale()) unmarked_stale.fetch_add(1);
+        if (flushed != 0 && flushed <= started) after_flush.fetch_add(1);
+      },
+      [&](int generation, uint64_t iova) {
+        const uint64_t before = iotlb_->Stats().invalidations;
+        Unmap(iova, kPage);
+        AwaitInvalidations(before + 1);
+        noticed_at[generation].store(Tick());
+        for (int spin = 0; spin < 50; ++spin) std::this_thread::yield();
+        FlushDomain();
+        AwaitInvalidations(before + 2);
+        flushed_at[generation].store(Tick());
+      });
+  EXPECT_EQ(unmarked_stale.load(), 0);
+  EXPECT_EQ(after_flush.load(), 0);
+  EXPECT_GT(translations, 0u);
 }
 
 TEST_F(DeviceIotlbTest, ACutOffCacheRefusesToTranslateUntilRelinked) {

@@ -1,5 +1,6 @@
 #include "client/cpp/health.h"
 
+#include <algorithm>
 #include <future>
 #include <memory>
 #include <string>
@@ -18,6 +19,10 @@ namespace iommu_broker::client {
 namespace {
 
 constexpr char kCheckMethod[] = "/grpc.health.v1.Health/Check";
+// Between WaitForServing's checks. A channel with nothing to connect to fails
+// calls at once (and reconnects at its own pace); this keeps the loop from
+// spinning on it.
+constexpr absl::Duration kRecheckInterval = absl::Milliseconds(100);
 
 // The health messages have one field each, numbered 1, so on the wire they
 // are the well-known wrappers (an enum is a varint, as an int32 is):
@@ -63,6 +68,20 @@ absl::StatusOr<ServingStatus> CheckHealth(const std::shared_ptr<grpc::Channel>& 
     return absl::Status(status.code(), absl::StrCat("health check: ", status.message()));
   }
   return static_cast<ServingStatus>(response.value());
+}
+
+absl::StatusOr<ServingStatus> WaitForServing(const std::shared_ptr<grpc::Channel>& channel,
+                                             absl::string_view service, absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (true) {
+    absl::StatusOr<ServingStatus> status =
+        CheckHealth(channel, service, std::max(give_up - absl::Now(), absl::ZeroDuration()));
+    if ((status.ok() && *status == ServingStatus::kServing) ||
+        absl::Now() + kRecheckInterval > give_up) {
+      return status;
+    }
+    absl::SleepFor(kRecheckInterval);
+  }
 }
 
 }  // namespace iommu_broker::client

@@ -5,6 +5,9 @@
 //   absl::StatusOr<ServingStatus> status = CheckHealth(channel, "", absl::Seconds(5));
 //   if (status.ok() && *status == ServingStatus::kServing) ...
 //
+// WaitForServing asks again until the answer is SERVING, for a broker that is
+// still starting.
+//
 // Debian's grpc++ ships the health service but no generated client stubs, so
 // the call goes through a generic stub (see health.cc).
 //
@@ -37,6 +40,13 @@ absl::string_view ServingStatusName(ServingStatus status);
 // DEADLINE_EXCEEDED past the deadline).
 absl::StatusOr<ServingStatus> CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
                                           absl::string_view service, absl::Duration deadline);
+
+// CheckHealth again and again until `service` is SERVING or `timeout` has
+// passed: nothing listening yet and NOT_SERVING are waited out, not errors.
+// SERVING, or the last answer or error.
+absl::StatusOr<ServingStatus> WaitForServing(const std::shared_ptr<grpc::Channel>& channel,
+                                             absl::string_view service, absl::Duration timeout);
+
 }  // namespace iommu_broker::client
 
 #endif  // IOMMU_BROKER_CLIENT_CPP_HEALTH_H_

@@ -209,19 +209,22 @@ absl::Status TearDown(Stub& stub, const LoadOptions& options, const Fixture& fix
 // Running
 
 // Hands out cycles to workers until the operation count is reached, the
-// duration has passed, or the run is stopped.
+// duration has passed, the run is stopped (the broker lost), or the caller's
+// `stop` is notified.
 class CycleBudget final {
  public:
-  CycleBudget(const LoadOptions& options, Clock::time_point start)
+  CycleBudget(const LoadOptions& options, Clock::time_point start, const absl::Notification* stop)
       : limited_(options.operations.has_value()),
         remaining_(limited_ ? CyclesFor(*options.operations, options.translate_per_map) : 0),
-        deadline_(start + absl::ToChronoNanoseconds(options.duration)) {}
+        deadline_(start + absl::ToChronoNanoseconds(options.duration)),
+        caller_stop_(stop) {}
 
   // Up to `wanted` cycles to run now; 0 once the run is over.
   uint64_t Claim(uint64_t wanted) {
     if (stopped_.load(std::memory_order_relaxed)) return 0;
-    if (!limited_) return Clock::now() < deadline_ ? wanted : 0;
+    if (!limited_) return Clock::now() < deadline_ && !Interrupt() ? wanted : 0;
     uint64_t remaining = remaining_.load(std::memory_order_relaxed);
+    if (remaining == 0 || Interrupt()) return 0;
     uint64_t granted = 0;
     do {
       granted = std::min(wanted, remaining);
@@ -232,16 +235,29 @@ class CycleBudget final {
 
   void Stop() { stopped_.store(true, std::memory_order_relaxed); }
 
+  // Whether the caller's stop refused a cycle the run had left to do.
+  bool interrupted() const { return interrupted_.load(std::memory_order_relaxed); }
+
  private:
   static uint64_t CyclesFor(uint64_t operations, int translate_per_map) {
     const uint64_t per_cycle = 2 + static_cast<uint64_t>(translate_per_map);
     return (operations + per_cycle - 1) / per_cycle;
   }
 
+  // Asked only while cycles remain, so that a stop arriving after the run
+  // is done does not mark a complete run interrupted.
+  bool Interrupt() {
+    if (caller_stop_ == nullptr || !caller_stop_->HasBeenNotified()) return false;
+    interrupted_.store(true, std::memory_order_relaxed);
+    return true;
+  }
+
   const bool limited_;
   std::atomic<uint64_t> remaining_;
   const Clock::time_point deadline_;
+  const absl::Notification* const caller_stop_;
   std::atomic<bool> stopped_{false};
+  std::atomic<bool> interrupted_{false};
 };
 
 // Counts arrivals down to zero; Wait returns at zero. Arrive notifies under
@@ -513,7 +529,8 @@ absl::StatusOr<std::vector<std::unique_ptr<Batcher>>> MakeBatchers(
 
 // Runs the workers on the set-up fixture; the report without cleanup.
 absl::StatusOr<LoadReport> RunWorkers(const std::shared_ptr<grpc::Channel>& channel, Stub& stub,
-                                      const LoadOptions& options, ProgressCallback& progress) {
+                                      const LoadOptions& options, ProgressCallback& progress,
+                                      const absl::Notification* stop) {
   absl::StatusOr<std::vector<std::unique_ptr<Batcher>>> batchers = MakeBatchers(channel, options);
   if (!batchers.ok()) return batchers.status();
   const uint64_t buffers_per_worker =
@@ -522,7 +539,7 @@ absl::StatusOr<LoadReport> RunWorkers(const std::shared_ptr<grpc::Channel>& chan
   for (int i = 0; i < options.threads; ++i) stats.push_back(std::make_unique<WorkerStats>());
 
   const Clock::time_point start = Clock::now();
-  CycleBudget budget(options, start);
+  CycleBudget budget(options, start, stop);
   Countdown workers_done(static_cast<size_t>(options.threads));
   std::vector<std::thread> threads;
   for (int i = 0; i < options.threads; ++i) {
@@ -540,7 +557,9 @@ absl::StatusOr<LoadReport> RunWorkers(const std::shared_ptr<grpc::Channel>& chan
   }
   ReportProgressUntilDone(workers_done, stats, start, progress);
   for (std::thread& thread : threads) thread.join();
-  return BuildReport(stats, absl::FromChrono(Clock::now() - start));
+  LoadReport report = BuildReport(stats, absl::FromChrono(Clock::now() - start));
+  report.interrupted = budget.interrupted();
+  return report;
 }
 
 }  // namespace
@@ -563,14 +582,15 @@ absl::Status ValidateLoadOptions(const LoadOptions& options) {
 }
 
 absl::StatusOr<LoadReport> RunLoad(std::shared_ptr<grpc::Channel> channel,
-                                   const LoadOptions& options, ProgressCallback progress) {
+                                   const LoadOptions& options, ProgressCallback progress,
+                                   const absl::Notification* stop) {
   if (channel == nullptr) return absl::InvalidArgumentError("channel is null");
   if (absl::Status valid = ValidateLoadOptions(options); !valid.ok()) return valid;
   std::unique_ptr<Stub> stub = v1::IommuBroker::NewStub(channel);
   Fixture fixture;
   absl::Status set_up = SetUp(*stub, options, fixture);
   absl::StatusOr<LoadReport> report =
-      set_up.ok() ? RunWorkers(channel, *stub, options, progress) : set_up;
+      set_up.ok() ? RunWorkers(channel, *stub, options, progress, stop) : set_up;
   absl::Status cleanup = TearDown(*stub, options, fixture);
   if (report.ok()) report->cleanup = cleanup;
   return report;

@@ -4,15 +4,17 @@
 //   LoadOptions options;                 // 4 workers, unary RPCs, fast policy, 10 s
 //   options.mode = LoadMode::kBatch;
 //   options.operations = 1'000'000;      // instead of a duration
+//   absl::Notification stop;             // Notify() from any thread ends it early
 //   absl::StatusOr<LoadReport> report = RunLoad(channel, options,
-//       [](const LoadProgress& progress) { ...draw a live line... });
+//       [](const LoadProgress& progress) { ...draw a live line... }, &stop);
 //   if (report.ok()) ...report->operations_per_second, report->latency.p99...
 //
 // The run creates a domain `name_prefix` with `policy` and one device per
 // worker (`name_prefix`-0, -1, ...) attached to it; each worker repeats a
 // cycle on its own device: Map `map_bytes` (the broker picks the IOVA),
 // `translate_per_map` translations of the buffer, Unmap. Whatever the run
-// created is destroyed afterwards, also when it fails part-way.
+// created is destroyed afterwards, also when it fails part-way or is
+// stopped.
 //
 // Thread-safety: RunLoad is thread-safe (no shared state); two concurrent
 // runs need different name prefixes.
@@ -28,6 +30,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
@@ -109,6 +112,9 @@ struct LoadReport {
   // Removing the domain and devices the run created: OK, or why some may
   // remain on the broker.
   absl::Status cleanup;
+  // The caller's stop ended the run before its operations or duration were
+  // done; the counts cover the cycles that ran.
+  bool interrupted = false;
 };
 
 // A snapshot for a live progress line.
@@ -130,8 +136,13 @@ absl::Status ValidateLoadOptions(const LoadOptions& options);
 // what was created); errors of the load's own operations are counted in the
 // report instead. A worker seeing UNAVAILABLE (broker gone or draining) stops
 // the run early. `progress` may be null.
+//
+// Once `stop` (if not null) is notified, from any thread, no worker starts
+// another cycle; the cycles in flight finish (their unmaps included), the
+// domain and devices are removed as usual and the report is `interrupted`.
 absl::StatusOr<LoadReport> RunLoad(std::shared_ptr<grpc::Channel> channel,
-                                   const LoadOptions& options, ProgressCallback progress = nullptr);
+                                   const LoadOptions& options, ProgressCallback progress = nullptr,
+                                   const absl::Notification* stop = nullptr);
 
 }  // namespace iommu_broker::client
 

@@ -1,17 +1,19 @@
 // Tests of RunLoad against the real broker in-process (TestBroker): exact
 // operation counts in each mode and policy with nothing left behind on the
-// broker, duration runs with progress, cleanup after a failed set-up, a
-// broker lost mid-run, and option validation naming the field. No test
-// asserts on time or throughput.
+// broker, duration runs with progress, a stop from another thread, cleanup
+// after a failed set-up, a broker lost mid-run, and option validation naming
+// the field. No test asserts on time or throughput.
 #include "client/cpp/load_generator.h"
 
 #include <memory>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -52,18 +54,26 @@ class LoadGeneratorTest : public ::testing::Test {
     ASSERT_NE(broker_, nullptr);
   }
 
-  // Asserts the broker holds no domain and no device.
-  void ExpectBrokerEmpty() {
+  v1::ListDomainsResponse ListDomains() {
     v1::ListDomainsResponse domains;
-    ASSERT_TRUE(broker_->stub()
-                    .ListDomains(ContextWithDeadline().get(), v1::ListDomainsRequest(), &domains)
-                    .ok());
-    EXPECT_THAT(domains.domains(), IsEmpty());
+    const grpc::Status status = broker_->stub().ListDomains(ContextWithDeadline().get(),
+                                                            v1::ListDomainsRequest(), &domains);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return domains;
+  }
+
+  v1::ListDevicesResponse ListDevices() {
     v1::ListDevicesResponse devices;
-    ASSERT_TRUE(broker_->stub()
-                    .ListDevices(ContextWithDeadline().get(), v1::ListDevicesRequest(), &devices)
-                    .ok());
-    EXPECT_THAT(devices.devices(), IsEmpty());
+    const grpc::Status status = broker_->stub().ListDevices(ContextWithDeadline().get(),
+                                                            v1::ListDevicesRequest(), &devices);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return devices;
+  }
+
+  // Expects the broker to hold no domain and no device.
+  void ExpectBrokerEmpty() {
+    EXPECT_THAT(ListDomains().domains(), IsEmpty());
+    EXPECT_THAT(ListDevices().devices(), IsEmpty());
   }
 
   std::unique_ptr<TestBroker> broker_;
@@ -93,6 +103,7 @@ TEST_P(LoadGeneratorModeTest, RunsExactlyTheOperationsAskedAndLeavesNothing) {
   EXPECT_LE(report->latency.p50, report->latency.p99);
   EXPECT_LE(report->latency.p99, report->latency.max);
   EXPECT_TRUE(report->cleanup.ok()) << report->cleanup;
+  EXPECT_FALSE(report->interrupted);
   ExpectBrokerEmpty();
 }
 
@@ -137,6 +148,52 @@ TEST_F(LoadGeneratorTest, ADurationRunReportsProgressAndFinishesItsCycles) {
   ExpectBrokerEmpty();
 }
 
+TEST_F(LoadGeneratorTest, AStopFromAnotherThreadEndsARunWithWholeCyclesAndNothingLeft) {
+  for (LoadMode mode : {LoadMode::kUnary, LoadMode::kBatch}) {
+    SCOPED_TRACE(mode == LoadMode::kUnary ? "unary" : "batch");
+    LoadOptions options = SmallRun();
+    options.mode = mode;
+    options.operations.reset();
+    options.duration = absl::Seconds(60);  // far longer than the test waits to stop it
+    // The stopper waits for operations to have run, so that the stop lands
+    // mid-run rather than before the first cycle.
+    absl::Notification working;
+    absl::Notification stop;
+    std::thread stopper([&working, &stop] {
+      working.WaitForNotification();
+      stop.Notify();
+    });
+    absl::StatusOr<LoadReport> report = RunLoad(
+        broker_->channel(), options,
+        [&working](const LoadProgress& progress) {
+          if (progress.operations > 0 && !working.HasBeenNotified()) working.Notify();
+        },
+        &stop);
+    if (!working.HasBeenNotified()) working.Notify();  // frees the stopper if no progress came
+    stopper.join();
+    ASSERT_TRUE(report.ok()) << report.status();
+
+    EXPECT_TRUE(report->interrupted);
+    EXPECT_GT(report->maps, 0u);
+    EXPECT_EQ(report->unmaps, report->maps);
+    EXPECT_EQ(report->translations, 2 * report->maps);
+    EXPECT_EQ(report->errors, 0u) << ::testing::PrintToString(report->first_error_message);
+    EXPECT_TRUE(report->cleanup.ok()) << report->cleanup;
+    ExpectBrokerEmpty();
+  }
+}
+
+TEST_F(LoadGeneratorTest, AStopBeforeTheRunStartsNoCycleAndCleansUp) {
+  absl::Notification stop;
+  stop.Notify();
+  absl::StatusOr<LoadReport> report = RunLoad(broker_->channel(), SmallRun(), nullptr, &stop);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->interrupted);
+  EXPECT_EQ(report->operations, 0u);
+  EXPECT_TRUE(report->cleanup.ok()) << report->cleanup;
+  ExpectBrokerEmpty();
+}
+
 TEST_F(LoadGeneratorTest, AFailedSetUpRemovesOnlyWhatItCreated) {
   // Someone else's device holds the name of the run's second device.
   v1::RegisterDeviceRequest registration;
@@ -149,15 +206,8 @@ TEST_F(LoadGeneratorTest, AFailedSetUpRemovesOnlyWhatItCreated) {
   EXPECT_EQ(report.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_THAT(report.status().message(), HasSubstr("registering device bench-1"));
 
-  v1::ListDomainsResponse domains;
-  ASSERT_TRUE(broker_->stub()
-                  .ListDomains(ContextWithDeadline().get(), v1::ListDomainsRequest(), &domains)
-                  .ok());
-  EXPECT_THAT(domains.domains(), IsEmpty());
-  v1::ListDevicesResponse devices;
-  ASSERT_TRUE(broker_->stub()
-                  .ListDevices(ContextWithDeadline().get(), v1::ListDevicesRequest(), &devices)
-                  .ok());
+  EXPECT_THAT(ListDomains().domains(), IsEmpty());
+  const v1::ListDevicesResponse devices = ListDevices();
   ASSERT_EQ(devices.devices_size(), 1);
   EXPECT_EQ(devices.devices(0).spec().id(), "bench-1");
 }

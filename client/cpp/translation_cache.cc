@@ -21,7 +21,8 @@ bool Granted(bool read, bool write, DmaAccess access) {
 TranslationCache::TranslationCache(size_t max_pages)
     : max_pages_per_shard_(std::max<size_t>(max_pages / kShards, 1)) {}
 
-std::optional<uint64_t> TranslationCache::Lookup(uint64_t iova_page, DmaAccess access) {
+std::optional<TranslationCache::CachedPage> TranslationCache::Lookup(uint64_t iova_page,
+                                                                    DmaAccess access) {
   Shard& shard = ShardOf(iova_page);
   std::lock_guard<std::mutex> lock(shard.mutex);
   auto it = shard.pages.find(iova_page);
@@ -30,7 +31,8 @@ std::optional<uint64_t> TranslationCache::Lookup(uint64_t iova_page, DmaAccess a
     return std::nullopt;
   }
   ++shard.hits;
-  return it->second.phys_page;
+  if (it->second.unmapped) ++shard.stale_hits;
+  return CachedPage{.phys_page = it->second.phys_page, .stale = it->second.unmapped};
 }
 
 void TranslationCache::Insert(uint64_t token, uint64_t iova_page, uint64_t phys_page,
@@ -48,11 +50,13 @@ void TranslationCache::Insert(uint64_t token, uint64_t iova_page, uint64_t phys_
   } else if (it->second.phys_page != phys_page) {
     it->second = Entry{phys_page};  // remapped since: the old grants are void
   }
+  it->second.unmapped = false;  // the broker has just translated it
   (access == DmaAccess::kRead ? it->second.read : it->second.write) = true;
   ++shard.fills;
 }
 
-void TranslationCache::InvalidateRange(uint64_t iova, uint64_t size) {
+template <typename Drop>
+void TranslationCache::ForEachCachedPage(uint64_t iova, uint64_t size, Drop drop) {
   if (size == 0) return;
   invalidations_.fetch_add(1, std::memory_order_seq_cst);
   const uint64_t first = iova & ~(kPageSize - 1);
@@ -61,18 +65,36 @@ void TranslationCache::InvalidateRange(uint64_t iova, uint64_t size) {
   if (last < first || pages > kMaxProbedPages) {
     for (Shard& shard : shards_) {
       std::lock_guard<std::mutex> lock(shard.mutex);
-      absl::erase_if(shard.pages, [&](const auto& entry) {
-        return entry.first >= first && (last < first || entry.first <= last);
-      });
+      for (auto it = shard.pages.begin(); it != shard.pages.end();) {
+        const bool inside = it->first >= first && (last < first || it->first <= last);
+        if (inside && drop(it->second)) {
+          shard.pages.erase(it++);
+        } else {
+          ++it;
+        }
+      }
     }
     return;
   }
   for (uint64_t page = first;; page += kPageSize) {
     Shard& shard = ShardOf(page);
     std::lock_guard<std::mutex> lock(shard.mutex);
-    shard.pages.erase(page);
+    if (auto it = shard.pages.find(page); it != shard.pages.end() && drop(it->second)) {
+      shard.pages.erase(it);
+    }
     if (page == last) break;
   }
+}
+
+void TranslationCache::MarkUnmapped(uint64_t iova, uint64_t size) {
+  ForEachCachedPage(iova, size, [](Entry& entry) {
+    entry.unmapped = true;
+    return false;
+  });
+}
+
+void TranslationCache::InvalidateRange(uint64_t iova, uint64_t size) {
+  ForEachCachedPage(iova, size, [](const Entry&) { return true; });
 }
 
 void TranslationCache::InvalidateAll() {
@@ -89,6 +111,7 @@ TranslationCacheStats TranslationCache::Stats() const {
   for (const Shard& shard : shards_) {
     std::lock_guard<std::mutex> lock(shard.mutex);
     stats.hits += shard.hits;
+    stats.stale_hits += shard.stale_hits;
     stats.misses += shard.misses;
     stats.fills += shard.fills;
     stats.dropped_fills += shard.dropped_fills;

@@ -7,12 +7,15 @@
 //   ... translation = broker.Translate(page) ...
 //   cache.Insert(token, page, phys, DmaAccess::kRead);  // dropped if an invalidation intervened
 //   std::optional<uint64_t> phys = cache.Lookup(page, DmaAccess::kRead);
+//   cache.MarkUnmapped(iova, size);    // fast: unmapped, invalidation pending
 //   cache.InvalidateRange(iova, size);                 // as the broker says
 //
 // Fill protocol: an invalidation counts itself before it removes entries,
 // and an insert checks the count under the same shard lock, so a fill that
 // raced with an invalidation is dropped rather than resurrecting what the
 // invalidation removed (the answer it carries may predate the unmap).
+// Marking a range unmapped counts as an invalidation for fills too, so a
+// page cached after its mark is never an unmarked stale page.
 //
 // Thread-safety: thread-safe; entries are sharded by page, each shard under
 // its own lock.
@@ -35,6 +38,7 @@ enum class DmaAccess { kRead, kWrite };
 
 struct TranslationCacheStats {
   uint64_t hits = 0;
+  uint64_t stale_hits = 0;  // hits on pages marked unmapped (fast's window)
   uint64_t misses = 0;
   uint64_t fills = 0;          // inserts kept
   uint64_t dropped_fills = 0;  // inserts that raced with an invalidation
@@ -52,9 +56,14 @@ class TranslationCache final {
   TranslationCache(const TranslationCache&) = delete;
   TranslationCache& operator=(const TranslationCache&) = delete;
 
+  struct CachedPage {
+    uint64_t phys_page = 0;
+    bool stale = false;  // marked unmapped: its invalidation is pending
+  };
+
   // The physical page of `iova_page` (page-aligned), if cached with `access`
-  // granted; counts a hit or a miss.
-  std::optional<uint64_t> Lookup(uint64_t iova_page, DmaAccess access);
+  // granted; counts a hit (and a stale hit) or a miss.
+  std::optional<CachedPage> Lookup(uint64_t iova_page, DmaAccess access);
 
   // Read before asking the broker for a translation that will be inserted.
   uint64_t FillToken() const { return invalidations_.load(std::memory_order_seq_cst); }
@@ -62,6 +71,11 @@ class TranslationCache final {
   // invalidation began since `token` was read.
   void Insert(uint64_t token, uint64_t iova_page, uint64_t phys_page, DmaAccess access);
 
+  // Marks every cached page overlapping [iova, iova + size) stale: the broker
+  // unmapped it under fast and its invalidation comes with the next flush.
+  // Until then the page still translates (as the broker's own IOTLB does),
+  // and each such hit is counted.
+  void MarkUnmapped(uint64_t iova, uint64_t size);
   // Drops every page overlapping [iova, iova + size).
   void InvalidateRange(uint64_t iova, uint64_t size);
   void InvalidateAll();
@@ -75,17 +89,24 @@ class TranslationCache final {
     uint64_t phys_page = 0;
     bool read = false;
     bool write = false;
+    bool unmapped = false;  // see MarkUnmapped
   };
   struct alignas(64) Shard {
     mutable std::mutex mutex;
     absl::flat_hash_map<uint64_t, Entry> pages ABSL_GUARDED_BY(mutex);
     uint64_t hits ABSL_GUARDED_BY(mutex) = 0;
+    uint64_t stale_hits ABSL_GUARDED_BY(mutex) = 0;
     uint64_t misses ABSL_GUARDED_BY(mutex) = 0;
     uint64_t fills ABSL_GUARDED_BY(mutex) = 0;
     uint64_t dropped_fills ABSL_GUARDED_BY(mutex) = 0;
   };
 
   Shard& ShardOf(uint64_t iova_page) { return shards_[(iova_page / kPageSize) % kShards]; }
+  // Counts an invalidation (voiding fill tokens), then calls `drop(entry)`
+  // for each cached page overlapping [iova, iova + size) and removes the
+  // pages it returns true for.
+  template <typename Drop>
+  void ForEachCachedPage(uint64_t iova, uint64_t size, Drop drop);
 
   const size_t max_pages_per_shard_;
   std::array<Shard, kShards> shards_;

@@ -1,5 +1,8 @@
 // bench: a synthetic DMA workload against the broker (client/cpp/
-// load_generator.h), with a live progress line and the final report.
+// load_generator.h), with a live progress line and the final report. Ctrl-C
+// (or SIGTERM) stops the run early: the cycles in flight finish, the run's
+// domain and devices are removed, the partial report is printed and the exit
+// code is 130.
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,11 +11,13 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "client/cpp/load_generator.h"
 #include "client/iommuctl/arguments.h"
 #include "client/iommuctl/bench_report.h"
 #include "client/iommuctl/commands.h"
 #include "client/iommuctl/enum_names.h"
+#include "client/iommuctl/interrupt.h"
 #include "client/iommuctl/sizes.h"
 
 namespace iommu_broker::iommuctl {
@@ -59,16 +64,23 @@ void Bench(Cli& cli, const LoadOptions& options) {
     std::cerr << "iommuctl: " << valid.message() << "\n";
     return cli.set_exit_code(ExitCode::kInvalidArguments);
   }
+  // Killed by Ctrl-C, the run would leave its domain and devices on the
+  // broker; stopped instead, RunLoad removes them.
+  const InterruptsBlocked blocked;  // before Connect starts gRPC's threads
   std::unique_ptr<client::BrokerClient> client = cli.Connect();
   if (client == nullptr) return;
+  absl::Notification stop;
+  const InterruptHandler interrupt([&stop] { stop.Notify(); });
   ProgressPrinter progress(cli.format());
-  absl::StatusOr<client::LoadReport> report =
-      client::RunLoad(client->channel(), options,
-                      [&progress](const client::LoadProgress& now) { progress.Update(now); });
+  absl::StatusOr<client::LoadReport> report = client::RunLoad(
+      client->channel(), options,
+      [&progress](const client::LoadProgress& now) { progress.Update(now); }, &stop);
   progress.Finish();
   if (!report.ok()) return cli.ReportCallError(*client, report.status());
   cli.Print(cli.format() == OutputFormat::kJson ? LoadReportJson(*report) + "\n"
                                                 : LoadReportTable(*report));
+  // Not the benchmark asked for: a script must not take it for one.
+  if (report->interrupted) return cli.set_exit_code(ExitCode::kInterrupted);
   // The run's own operations may fail (they are counted); a broker that
   // refused all of them did not do the benchmark.
   if (report->errors > 0 && report->errors == report->operations) {
@@ -123,7 +135,8 @@ void AddBenchCommand(CLI::App& app, Cli& cli) {
   CLI::App* command = app.add_subcommand(
       "bench",
       "Drive the broker with map/translate/unmap cycles and report throughput and latency; "
-      "creates and then removes its own domain and devices");
+      "creates and then removes its own domain and devices. Ctrl-C stops it early: the "
+      "report of what ran is printed, marked interrupted, and the exit code is 130");
   auto options = std::make_shared<LoadOptions>();
   AddOptions(*command, options.get());
   command->callback([&cli, options] { Bench(cli, *options); });

@@ -115,6 +115,9 @@ std::string LoadReportTable(const LoadReport& report) {
     }
     absl::StrAppend(&out, "\n", errors.Render());
   }
+  if (report.interrupted) {
+    absl::StrAppend(&out, "\ninterrupted: stopped before its end; the counts cover what ran\n");
+  }
   if (!report.cleanup.ok()) {
     absl::StrAppend(&out, "\ncleanup failed: ", report.cleanup.ToString(), "\n");
   }
@@ -140,6 +143,7 @@ std::string LoadReportJson(const LoadReport& report) {
   }
   fields["latency"] = Object(std::move(latency));
   fields["cleanup"] = String(report.cleanup.ok() ? "OK" : report.cleanup.ToString());
+  fields["interrupted"].set_bool_value(report.interrupted);
   return ToJson(json);
 }
 

@@ -19,7 +19,8 @@
 namespace iommu_broker::iommuctl {
 
 // Totals, then a latency table (one row per operation kind), then errors by
-// code if any, then a cleanup failure if any.
+// code if any, then a line saying the run was interrupted if it was, then a
+// cleanup failure if any.
 std::string LoadReportTable(const client::LoadReport& report);
 // One line.
 std::string LoadReportJson(const client::LoadReport& report);

@@ -37,7 +37,14 @@ TEST(LoadReportTableTest, TotalsThenAnAlignedLatencyTable) {
                                "all         600    12.00  20.00  45.00  80.00  120.00\n"
                                "map         100    0.00"));
   EXPECT_THAT(table, Not(HasSubstr("ERROR")));
+  EXPECT_THAT(table, Not(HasSubstr("interrupted")));
   EXPECT_THAT(table, Not(HasSubstr("cleanup")));
+}
+
+TEST(LoadReportTableTest, SaysWhenTheRunWasInterrupted) {
+  client::LoadReport report = SampleReport();
+  report.interrupted = true;
+  EXPECT_THAT(LoadReportTable(report), HasSubstr("\ninterrupted: stopped before its end"));
 }
 
 TEST(LoadReportTableTest, ErrorsByCodeAndCleanupFailure) {
@@ -65,12 +72,22 @@ TEST(LoadReportJsonTest, IsOneObjectWithCamelCaseKeysAndDurationStrings) {
   EXPECT_EQ(fields.at("operationsPerSecond").number_value(), 400);
   EXPECT_EQ(fields.at("elapsed").string_value(), "1.500s");
   EXPECT_EQ(fields.at("cleanup").string_value(), "OK");
+  EXPECT_EQ(fields.at("interrupted").kind_case(), google::protobuf::Value::kBoolValue);
+  EXPECT_FALSE(fields.at("interrupted").bool_value());
   const auto& all = fields.at("latency").struct_value().fields().at("all").struct_value().fields();
   EXPECT_EQ(all.at("count").number_value(), 600);
   EXPECT_EQ(all.at("p99").string_value(), "0.000045s");
   const auto& not_found =
       fields.at("errorsByCode").struct_value().fields().at("NOT_FOUND").struct_value().fields();
   EXPECT_EQ(not_found.at("firstMessage").string_value(), "device x does not exist");
+}
+
+TEST(LoadReportJsonTest, InterruptedIsABoolean) {
+  client::LoadReport report = SampleReport();
+  report.interrupted = true;
+  google::protobuf::Struct parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(LoadReportJson(report), &parsed).ok());
+  EXPECT_TRUE(parsed.fields().at("interrupted").bool_value());
 }
 
 TEST(ProgressLineTest, ElapsedOperationsRateAndErrors) {

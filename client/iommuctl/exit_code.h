@@ -3,7 +3,10 @@
 //     is a result) and `health` found the broker SERVING;
 //   1 the broker said no: an error reply, or `health` not SERVING;
 //   2 the broker could not be reached;
-//   3 the command line is wrong (usage errors, bad sizes or names, TLS files).
+//   3 the command line is wrong (usage errors, bad sizes or names, TLS files);
+//   130 `bench` was stopped by SIGINT or SIGTERM: it printed the partial
+//     report and removed its domain and devices (128 + SIGINT, as a shell
+//     reports a command that Ctrl-C ended).
 //
 // Thread-safety: stateless functions.
 #ifndef IOMMU_BROKER_CLIENT_IOMMUCTL_EXIT_CODE_H_
@@ -18,6 +21,7 @@ enum class ExitCode : int {
   kRefused = 1,
   kUnreachable = 2,
   kInvalidArguments = 3,
+  kInterrupted = 130,
 };
 
 // For a call that failed with `status`. UNAVAILABLE means no broker to ask

@@ -1,183 +1,58 @@
 // iommuctl end to end: the real iommu-brokerd (IOMMU_BROKERD_PATH) on a Unix
 // socket in a fresh temporary directory, driven through the real iommuctl
 // binary (IOMMUCTL_PATH) as a user would: domains, devices, map, translate,
-// unmap, a fault, events, stats, health, and the exit code of each kind of
-// failure.
+// unmap, a fault, events, stats, health, bench (run out and interrupted), and
+// the exit code of each kind of failure.
 //
 // Every wait is bounded only to keep a broken binary from hanging the test;
 // no assertion depends on how long anything takes.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/strip.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
-#include "client/cpp/broker_client.h"
+#include "client/cpp/connection.h"
+#include "client/cpp/health.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
-
-extern char** environ;
+#include "tests/child_process.h"
+#include "tests/temp_dir.h"
 
 namespace iommu_broker::iommuctl {
 namespace {
 
+using ::iommu_broker::testing::ChildProcess;
+using ::iommu_broker::testing::CurrentEnvironment;
+using ::iommu_broker::testing::DescribeWaitStatus;
+using ::iommu_broker::testing::ExitCodeOf;
+using ::iommu_broker::testing::kChildProcessTimeout;
+using ::iommu_broker::testing::TempDir;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-// Generous: under AddressSanitizer on a busy machine start-up can take
-// seconds. Only a hung process ever reaches these.
-constexpr absl::Duration kProcessTimeout = absl::Seconds(60);
-constexpr int kHealthAttempts = 300;  // x 200 ms
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream content;
-  content << file.rdbuf();
-  return content.str();
-}
-
-// A private directory under /tmp: short enough for a Unix socket path.
-class TempDir final {
- public:
-  TempDir() {
-    std::string pattern = "/tmp/iommuctl_test.XXXXXX";
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // The environment of this test without IOMMU_BROKER_TARGET (a developer's
 // setting must not redirect the tests), plus `extra` (NAME=VALUE).
 std::vector<std::string> ChildEnvironment(const std::vector<std::string>& extra) {
   std::vector<std::string> env;
-  for (char** entry = environ; *entry != nullptr; ++entry) {
-    if (!absl::StartsWith(*entry, "IOMMU_BROKER_TARGET=")) env.emplace_back(*entry);
+  for (std::string& entry : CurrentEnvironment()) {
+    if (!absl::StartsWith(entry, "IOMMU_BROKER_TARGET=")) env.push_back(std::move(entry));
   }
   env.insert(env.end(), extra.begin(), extra.end());
   return env;
 }
-
-std::vector<char*> Pointers(std::vector<std::string>& strings) {
-  std::vector<char*> pointers;
-  for (std::string& s : strings) pointers.push_back(s.data());
-  pointers.push_back(nullptr);
-  return pointers;
-}
-
-// A child process whose stdout and stderr go to files DIR/NAME.out and
-// DIR/NAME.err; SIGKILLed and reaped on destruction if still running.
-class ChildProcess final {
- public:
-  ChildProcess(const std::string& dir, const std::string& name, std::vector<std::string> argv,
-               const std::vector<std::string>& extra_env = {})
-      : stdout_path_(absl::StrCat(dir, "/", name, ".out")),
-        stderr_path_(absl::StrCat(dir, "/", name, ".err")) {
-    std::vector<std::string> env = ChildEnvironment(extra_env);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, stdout_path_.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path_.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    // The child starts with the default signal mask, whatever gtest's and
-    // gRPC's threads have blocked.
-    posix_spawnattr_t attributes;
-    posix_spawnattr_init(&attributes);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&attributes, &none);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
-    spawn_error_ = posix_spawn(&pid_, argv[0].c_str(), &actions, &attributes,
-                               Pointers(argv).data(), Pointers(env).data());
-    posix_spawnattr_destroy(&attributes);
-    posix_spawn_file_actions_destroy(&actions);
-    if (spawn_error_ != 0) pid_ = -1;
-  }
-
-  ~ChildProcess() {
-    if (pid_ > 0 && !status_.has_value()) {
-      kill(pid_, SIGKILL);
-      int ignored = 0;
-      waitpid(pid_, &ignored, 0);
-    }
-  }
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-
-  bool started() const { return pid_ > 0; }
-  int spawn_error() const { return spawn_error_; }
-  std::string Stdout() const { return ReadFile(stdout_path_); }
-  std::string Stderr() const { return ReadFile(stderr_path_); }
-
-  void Signal(int signal_number) const {
-    if (pid_ > 0 && !status_.has_value()) kill(pid_, signal_number);
-  }
-
-  // The exit code, or -1 if it was killed by a signal or is still running
-  // after `timeout`.
-  int WaitForExit(absl::Duration timeout = kProcessTimeout) {
-    const absl::Time give_up = absl::Now() + timeout;
-    while (!status_.has_value() && pid_ > 0) {
-      int status = 0;
-      const pid_t reaped = waitpid(pid_, &status, WNOHANG);
-      if (reaped == pid_) status_ = status;
-      if (reaped < 0 || absl::Now() > give_up) break;
-      if (reaped == 0) absl::SleepFor(absl::Milliseconds(10));
-    }
-    return status_.has_value() && WIFEXITED(*status_) ? WEXITSTATUS(*status_) : -1;
-  }
-
-  // True once stdout (or stderr) contains `text`; false at the timeout or
-  // if the process exits without writing it.
-  bool WaitForStdout(absl::string_view text) { return WaitFor(stdout_path_, text); }
-  bool WaitForStderr(absl::string_view text) { return WaitFor(stderr_path_, text); }
-
- private:
-  bool WaitFor(const std::string& path, absl::string_view text) {
-    const absl::Time give_up = absl::Now() + kProcessTimeout;
-    while (absl::Now() <= give_up) {
-      if (absl::StrContains(ReadFile(path), text)) return true;
-      if (WaitForExit(absl::ZeroDuration()) != -1) return absl::StrContains(ReadFile(path), text);
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return false;
-  }
-
-  std::string stdout_path_;
-  std::string stderr_path_;
-  pid_t pid_ = -1;
-  int spawn_error_ = 0;
-  std::optional<int> status_;
-};
 
 struct CtlResult {
   int exit_code;
@@ -219,33 +94,30 @@ class IommuctlTest : public ::testing::Test {
     broker_ = std::make_unique<ChildProcess>(
         dir_.path(), "brokerd",
         std::vector<std::string>{IOMMU_BROKERD_PATH, absl::StrCat("--listen=", target_),
-                                 "--metrics_listen=none"});
+                                 "--metrics_listen=none"},
+        ChildEnvironment({}));
     ASSERT_TRUE(broker_->started()) << "posix_spawn: " << broker_->spawn_error();
     WaitUntilServing();
   }
 
   void TearDown() override {
     if (broker_ == nullptr || !broker_->started()) return;
-    broker_->Signal(SIGTERM);
-    EXPECT_EQ(broker_->WaitForExit(), 0) << broker_->Stderr();
+    EXPECT_TRUE(broker_->Signal(SIGTERM));
+    const std::optional<int> status = broker_->WaitForExit();
+    EXPECT_EQ(ExitCodeOf(status), 0) << DescribeWaitStatus(status) << "\n" << broker_->Stderr();
   }
 
   void WaitUntilServing() {
     client::ConnectionOptions options;
     options.target = target_;
-    options.deadline = absl::Seconds(5);
-    absl::StatusOr<std::unique_ptr<client::BrokerClient>> client =
-        client::BrokerClient::Connect(options);
-    ASSERT_TRUE(client.ok()) << client.status();
-    absl::StatusOr<client::ServingStatus> health = absl::UnavailableError("not asked yet");
-    for (int attempt = 0; attempt < kHealthAttempts; ++attempt) {
-      health = (*client)->CheckHealth();
-      if (health.ok() && *health == client::ServingStatus::kServing) return;
-      absl::SleepFor(absl::Milliseconds(200));
-    }
-    FAIL() << "the broker is not serving: "
-           << (health.ok() ? "not SERVING" : health.status().ToString()) << "\n"
-           << broker_->Stderr();
+    absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = client::MakeChannel(options);
+    ASSERT_TRUE(channel.ok()) << channel.status();
+    absl::StatusOr<client::ServingStatus> health =
+        client::WaitForServing(*channel, "", kChildProcessTimeout);
+    ASSERT_TRUE(health.ok() && *health == client::ServingStatus::kServing)
+        << "the broker is not serving: "
+        << (health.ok() ? client::ServingStatusName(*health) : health.status().ToString()) << "\n"
+        << broker_->Stderr();
   }
 
   // A new iommuctl process with `args` (and --target unless `with_target`
@@ -256,7 +128,7 @@ class IommuctlTest : public ::testing::Test {
     if (with_target) argv.push_back(absl::StrCat("--target=", target_));
     argv.insert(argv.end(), args.begin(), args.end());
     auto process = std::make_unique<ChildProcess>(dir_.path(), absl::StrCat("ctl", runs_++),
-                                                  std::move(argv), env);
+                                                  std::move(argv), ChildEnvironment(env));
     EXPECT_TRUE(process->started()) << "posix_spawn: " << process->spawn_error();
     return process;
   }
@@ -264,7 +136,7 @@ class IommuctlTest : public ::testing::Test {
   CtlResult Ctl(std::vector<std::string> args, bool with_target = true,
                 const std::vector<std::string>& env = {}) {
     std::unique_ptr<ChildProcess> process = StartCtl(std::move(args), with_target, env);
-    const int exit_code = process->WaitForExit();
+    const int exit_code = ExitCodeOf(process->WaitForExit());
     return {exit_code, process->Stdout(), process->Stderr()};
   }
 
@@ -282,7 +154,7 @@ class IommuctlTest : public ::testing::Test {
     Ok({"device", "attach", "dev0", "vm1"});
   }
 
-  TempDir dir_;
+  TempDir dir_{"iommuctl_test"};
   std::string target_;
   std::unique_ptr<ChildProcess> broker_;
   int runs_ = 0;
@@ -376,8 +248,8 @@ TEST_F(IommuctlTest, EventsPrintsAFaultLineUntilInterrupted) {
   EXPECT_THAT(events->Stdout(), HasSubstr("domain_id=vm1 device_id=dev0 iova=0x5000"));
   EXPECT_THAT(events->Stdout(), HasSubstr("reason=not_mapped"));
 
-  events->Signal(SIGINT);
-  EXPECT_EQ(events->WaitForExit(), 0) << events->Stderr();
+  ASSERT_TRUE(events->Signal(SIGINT));
+  EXPECT_EQ(ExitCodeOf(events->WaitForExit()), 0) << events->Stderr();
   EXPECT_THAT(events->Stderr(), Not(HasSubstr("CANCELLED")));
 }
 
@@ -391,8 +263,8 @@ TEST_F(IommuctlTest, EventsAsJsonIsOneObjectPerLine) {
   Ok({"translate", "dev0", "0x6000", "--access", "write"});
   // The JSON mapping writes uint64 as a decimal string.
   ASSERT_TRUE(events->WaitForStdout("\"iova\":\"24576\"")) << events->Stdout();
-  events->Signal(SIGTERM);
-  EXPECT_EQ(events->WaitForExit(), 0) << events->Stderr();
+  ASSERT_TRUE(events->Signal(SIGTERM));
+  EXPECT_EQ(ExitCodeOf(events->WaitForExit()), 0) << events->Stderr();
 
   std::istringstream lines(events->Stdout());
   std::vector<v1::Event> received;
@@ -487,6 +359,43 @@ TEST_F(IommuctlTest, BenchReportsAndCleansUp) {
   const CtlResult invalid = Ctl({"bench", "--threads", "0"});
   EXPECT_EQ(invalid.exit_code, 3) << ::testing::PrintToString(invalid);
   EXPECT_THAT(invalid.err, HasSubstr("threads"));
+}
+
+TEST_F(IommuctlTest, AnInterruptedBenchReportsWhatRanRemovesItsDomainAndExits130) {
+  // -o json: the progress lines go to stderr, stdout gets the report alone.
+  std::unique_ptr<ChildProcess> bench =
+      StartCtl({"bench", "--duration", "60s", "--threads", "2", "-o", "json"});
+  // A progress line comes once the run has set up and its workers run.
+  ASSERT_TRUE(bench->WaitForStderr(" ops/s ")) << bench->Stderr();
+  const auto during = FromJson<v1::ListDomainsResponse>(Ok({"domain", "list", "-o", "json"}));
+  ASSERT_EQ(during.domains_size(), 1);
+  EXPECT_EQ(during.domains(0).spec().id(), "iommuctl-bench");
+
+  ASSERT_TRUE(bench->Signal(SIGINT));
+  const std::optional<int> status = bench->WaitForExit();
+  EXPECT_EQ(ExitCodeOf(status), 130) << DescribeWaitStatus(status) << "\n" << bench->Stderr();
+  google::protobuf::Struct report;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(bench->Stdout(), &report).ok())
+      << bench->Stdout();
+  EXPECT_TRUE(report.fields().at("interrupted").bool_value());
+  EXPECT_GT(report.fields().at("operations").number_value(), 0);
+  EXPECT_EQ(report.fields().at("errors").number_value(), 0) << bench->Stdout();
+  EXPECT_EQ(report.fields().at("cleanup").string_value(), "OK");
+  EXPECT_EQ(FromJson<v1::ListDomainsResponse>(Ok({"domain", "list", "-o", "json"})).domains_size(),
+            0);
+
+  // SIGTERM too; the table says the run was interrupted.
+  std::unique_ptr<ChildProcess> table =
+      StartCtl({"bench", "--duration", "60s", "--threads", "1", "--mode", "batch"});
+  ASSERT_TRUE(table->WaitForStdout(" ops/s ")) << table->Stderr();
+  ASSERT_TRUE(table->Signal(SIGTERM));
+  EXPECT_EQ(ExitCodeOf(table->WaitForExit()), 130) << table->Stderr();
+  EXPECT_THAT(table->Stdout(), HasSubstr("\ninterrupted: "));
+  EXPECT_EQ(Value(table->Stdout(), "errors"), "0");
+  EXPECT_EQ(FromJson<v1::ListDomainsResponse>(Ok({"domain", "list", "-o", "json"})).domains_size(),
+            0);
+
+  EXPECT_THAT(Ok({"bench", "--help"}), HasSubstr("130"));
 }
 
 TEST_F(IommuctlTest, HelpIsEverywhereAndExitsZero) {

@@ -1,7 +1,8 @@
 // iommuctl: the command-line client of iommu-brokerd. One subcommand per
 // RPC (see `iommuctl --help` and docs/CLIENT.md); aligned tables by default,
 // `-o json` for scripts. Exit codes: 0 ok, 1 the broker said no, 2 the
-// broker cannot be reached, 3 invalid arguments (exit_code.h).
+// broker cannot be reached, 3 invalid arguments, 130 bench interrupted
+// (exit_code.h).
 #include "CLI/CLI.hpp"
 #include "client/iommuctl/cli.h"
 #include "client/iommuctl/commands.h"

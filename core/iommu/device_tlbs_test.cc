@@ -108,17 +108,25 @@ TEST_F(DeviceTlbsTest, SilentCacheIsCutOffAfterTheAckTimeoutAndTheUnmapCompletes
   EXPECT_TRUE(again->status().ok());
 }
 
-TEST_F(DeviceTlbsTest, FastDeliversWithTheBatchFlushAndWaitsForNobody) {
+TEST_F(DeviceTlbsTest, FastNoticesAtTheUnmapInvalidatesWithTheFlushAndWaitsForNobody) {
   Build(Policy::kFast);
   std::shared_ptr<DeviceTlbPort> port = Link(kDevice);
   absl::StatusOr<UnmapResult> unmapped = iommu_->Unmap(kDevice, iova_, 0x2000);
   ASSERT_TRUE(unmapped.ok());
   EXPECT_EQ(unmapped->device_tlb_acks, nullptr);
-  EXPECT_TRUE(Drain(*port).empty());  // still queued for the batch flush
+  // The unmap sends only the notice; the invalidation waits for the flush.
+  std::vector<DeviceTlbInvalidation> noticed = Drain(*port);
+  ASSERT_EQ(noticed.size(), 1u);
+  EXPECT_TRUE(noticed[0].event.flush_pending);
+  EXPECT_EQ(noticed[0].event.iova, iova_);
+  EXPECT_EQ(noticed[0].event.size, 0x2000u);
+  EXPECT_GT(AllocatedIovaBytes(), 0u);
   ASSERT_TRUE(iommu_->Flush("d").ok());
   std::vector<DeviceTlbInvalidation> sent = Drain(*port);
   ASSERT_EQ(sent.size(), 1u);
+  EXPECT_FALSE(sent[0].event.flush_pending);
   EXPECT_EQ(sent[0].event.iova, iova_);
+  EXPECT_GT(sent[0].sequence, noticed[0].sequence);
   EXPECT_EQ(AllocatedIovaBytes(), 0u);
 }
 

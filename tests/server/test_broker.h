@@ -54,18 +54,14 @@ class TestBroker final {
   // config's addresses are replaced). Returns null, with a test failure, if
   // the broker refuses to start.
   static std::unique_ptr<TestBroker> Start(v1::BrokerConfig config = {}) {
-    config.set_listen_address("127.0.0.1:0");
     config.set_metrics_listen_address("none");
-    std::unique_ptr<TestBroker> broker(new TestBroker());
-    absl::StatusOr<std::unique_ptr<BrokerServer>> server = BrokerServer::Start(config, broker->log_);
-    if (!server.ok()) {
-      ADD_FAILURE() << "the broker did not start: " << server.status();
-      return nullptr;
-    }
-    broker->server_ = *std::move(server);
-    broker->channel_ = broker->NewChannel();
-    broker->stub_ = v1::IommuBroker::NewStub(broker->channel_);
-    return broker;
+    return Launch(std::move(config));
+  }
+  // The same with /metrics served on an ephemeral loopback port
+  // (server().metrics_port()).
+  static std::unique_ptr<TestBroker> StartWithMetrics(v1::BrokerConfig config = {}) {
+    config.set_metrics_listen_address("127.0.0.1:0");
+    return Launch(std::move(config));
   }
 
   ~TestBroker() {
@@ -78,6 +74,17 @@ class TestBroker final {
 
   BrokerServer& server() { return *server_; }
   v1::IommuBroker::Stub& stub() { return *stub_; }
+
+  // Calls a unary method of stub() with the test deadline; the response is
+  // dropped when `response` is null.
+  template <typename Request, typename Response>
+  grpc::Status Call(grpc::Status (v1::IommuBroker::Stub::*method)(grpc::ClientContext*,
+                                                                   const Request&, Response*),
+                    const Request& request, Response* response = nullptr) {
+    Response ignored;
+    std::unique_ptr<grpc::ClientContext> context = ContextWithDeadline();
+    return (stub().*method)(context.get(), request, response ? response : &ignored);
+  }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   std::string target() const { return absl::StrCat("127.0.0.1:", server_->port()); }
 
@@ -91,6 +98,20 @@ class TestBroker final {
 
  private:
   TestBroker() = default;
+
+  static std::unique_ptr<TestBroker> Launch(v1::BrokerConfig config) {
+    config.set_listen_address("127.0.0.1:0");
+    std::unique_ptr<TestBroker> broker(new TestBroker());
+    absl::StatusOr<std::unique_ptr<BrokerServer>> server = BrokerServer::Start(config, broker->log_);
+    if (!server.ok()) {
+      ADD_FAILURE() << "the broker did not start: " << server.status();
+      return nullptr;
+    }
+    broker->server_ = *std::move(server);
+    broker->channel_ = broker->NewChannel();
+    broker->stub_ = v1::IommuBroker::NewStub(broker->channel_);
+    return broker;
+  }
 
   // Only errors: the admin audit lines of hundreds of calls would bury a
   // failure's output. Declared first, so it outlives the server.
