@@ -105,6 +105,7 @@ struct Scenario {
   bool combine = true;  // IommuOptions.invalidation.combine
   bool allow_bypass = false;
   PageSizeSet page_sizes = kAllPageSizes;
+  bool metrics = true;  // IommuOptions.record_flush_latencies
 };
 
 // The Iommu all threads of one benchmark run share. Google Benchmark calls
@@ -151,6 +152,7 @@ class Fixture final {
     options.physical_memory_bytes = kPhysicalMemory;
     options.invalidation.cost.fixed = absl::Nanoseconds(scenario_.cost_ns);
     options.invalidation.combine = scenario_.combine;
+    options.record_flush_latencies = scenario_.metrics;
     options.maintenance_interval = absl::ZeroDuration();
     absl::StatusOr<std::unique_ptr<Iommu>> iommu = Iommu::Create(options);
     if (!iommu.ok()) return iommu.status();
@@ -561,6 +563,11 @@ void RegisterAll() {
   RegisterMapUnmap<kNaive1>("BM_MapUnmap_ParanoidNaiveStrict_Cost1us");
   RegisterMapUnmap<kFast0>("BM_MapUnmap_Fast_Cost0");
   RegisterMapUnmap<kFast1>("BM_MapUnmap_Fast_Cost1us");
+  // 3. What recording flush latencies for the metrics costs.
+  constexpr Scenario kFast0NoMetrics = {.policy = Policy::kFast, .metrics = false};
+  constexpr Scenario kParanoid0NoMetrics = {.policy = Policy::kParanoid, .metrics = false};
+  RegisterMapUnmap<kFast0NoMetrics>("BM_MapUnmap_Fast_Cost0_MetricsOff");
+  RegisterMapUnmap<kParanoid0NoMetrics>("BM_MapUnmap_Paranoid_Cost0_MetricsOff");
   RegisterMapUnmap<kPt0>("BM_MapUnmap_Pt_Cost0");
   RegisterMapUnmap<kPt1>("BM_MapUnmap_Pt_Cost1us");
   RegisterMapUnmap<kBypass0>("BM_MapUnmap_Bypass_Cost0");

@@ -7,9 +7,13 @@
 
 namespace iommu_broker {
 
-BatchReactor::BatchReactor(Iommu& iommu, size_t max_operations, StreamLimit& streams,
-                           const std::atomic<bool>& draining)
-    : iommu_(iommu), max_operations_(max_operations), streams_(streams), draining_(draining) {
+BatchReactor::BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations,
+                           StreamLimit& streams, const std::atomic<bool>& draining)
+    : iommu_(iommu),
+      metrics_(metrics),
+      max_operations_(max_operations),
+      streams_(streams),
+      draining_(draining) {
   StartRead(&request_);
 }
 
@@ -31,7 +35,7 @@ void BatchReactor::OnReadDone(bool ok) {
     return;
   }
   response_.Clear();
-  DataPath data_path(iommu_);
+  DataPath data_path(iommu_, metrics_);
   for (const v1::Operation& operation : request_.operations()) {
     data_path.Run(operation, response_.add_results());
   }

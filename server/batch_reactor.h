@@ -18,6 +18,7 @@
 #include "core/iommu/iommu.h"
 #include "grpcpp/support/server_callback.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
+#include "server/operation_metrics.h"
 #include "server/stream_limit.h"
 
 namespace iommu_broker {
@@ -26,8 +27,8 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
  public:
   // `slot` was acquired from `streams` for this stream; `draining` and the
   // rest outlive it.
-  BatchReactor(Iommu& iommu, size_t max_operations, StreamLimit& streams,
-               const std::atomic<bool>& draining);
+  BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations,
+               StreamLimit& streams, const std::atomic<bool>& draining);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -35,6 +36,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
 
  private:
   Iommu& iommu_;
+  OperationMetrics& metrics_;
   const size_t max_operations_;
   StreamLimit& streams_;
   const std::atomic<bool>& draining_;

@@ -76,6 +76,7 @@ absl::StatusOr<v1::BrokerConfig> LoadConfigFile(const std::string& path) {
 absl::StatusOr<IommuOptions> IommuOptionsFromConfig(const v1::BrokerConfig& config) {
   const v1::EngineConfig& engine = config.engine();
   IommuOptions options;
+  options.record_flush_latencies = !MetricsListenAddress(config).empty();
   if (engine.has_physical_memory_bytes()) {
     options.physical_memory_bytes = engine.physical_memory_bytes();
   }

@@ -9,8 +9,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "prometheus/gauge.h"
 #include "server/broker_config.h"
+#include "server/broker_metrics.h"
 #include "server/convert.h"
 
 namespace iommu_broker {
@@ -30,7 +30,7 @@ absl::StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Start(const v1::Brok
   server->iommu_ = *std::move(iommu);
   if (absl::Status status = server->CreateStartupObjects(config); !status.ok()) return status;
   server->service_ = std::make_unique<BrokerService>(*server->iommu_, *limits, log);
-  if (absl::Status status = server->StartMetrics(MetricsListenAddress(config)); !status.ok()) {
+  if (absl::Status status = server->StartMetrics(config); !status.ok()) {
     return status;
   }
   if (absl::Status status = server->StartGrpc(config, *limits); !status.ok()) return status;
@@ -62,23 +62,27 @@ absl::Status BrokerServer::CreateStartupObjects(const v1::BrokerConfig& config) 
   return absl::OkStatus();
 }
 
-absl::Status BrokerServer::StartMetrics(const std::string& address) {
+absl::Status BrokerServer::StartMetrics(const v1::BrokerConfig& config) {
+  const std::string address = MetricsListenAddress(config);
   if (address.empty()) return absl::OkStatus();
-  registry_ = std::make_shared<prometheus::Registry>();
-  prometheus::BuildGauge()
-      .Name("iommu_broker_build_info")
-      .Help("Always 1; labels say which broker build is running.")
-      .Register(*registry_)
-      .Add({{"version", IOMMU_BROKER_VERSION}})
-      .Set(1);
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(address);
   } catch (const std::exception& error) {  // civetweb reports bind failures by throwing
     return absl::UnavailableError(
         absl::StrCat("metrics listen address ", address, " cannot be bound: ", error.what()));
   }
-  exposer_->RegisterCollectable(registry_);
-  log_->Info("metrics_listening", {{"address", address}});
+  metrics_ = std::make_shared<BrokerMetrics>(BrokerMetrics::Sources{
+      .iommu = iommu_.get(),
+      .operations = &service_->operation_metrics(),
+      .rpcs = rpc_metrics_.get(),
+      .domain_label = config.metrics_domain_label(),
+      .version = IOMMU_BROKER_VERSION,
+      .git_commit = IOMMU_BROKER_GIT_COMMIT,
+  });
+  exposer_->RegisterCollectable(metrics_);  // the exposer keeps a weak pointer
+  const std::vector<int> ports = exposer_->GetListeningPorts();
+  metrics_port_ = ports.empty() ? 0 : ports.front();
+  log_->Info("metrics_listening", {{"address", address}, {"port", metrics_port_}});
   return absl::OkStatus();
 }
 
@@ -91,6 +95,10 @@ absl::Status BrokerServer::StartGrpc(const v1::BrokerConfig& config, const Servi
   builder.SetMaxReceiveMessageSize(static_cast<int>(MaxMessageBytes(config)));
   builder.SetMaxSendMessageSize(static_cast<int>(MaxMessageBytes(config)));
   builder.RegisterService(service_.get());
+  // Calls are counted only where someone can read the counts.
+  if (metrics_ != nullptr) {
+    builder.experimental().SetInterceptorCreators(rpc_metrics_->InterceptorFactories());
+  }
   server_ = builder.BuildAndStart();
   if (server_ == nullptr) {
     return absl::UnavailableError(

@@ -1,7 +1,7 @@
 // BrokerServer is a running broker: the engine built from a BrokerConfig,
 // its start-up domains and devices, the gRPC server (IommuBroker, the
-// grpc.health.v1 health service and server reflection) and the Prometheus
-// exposer. iommu-brokerd is a BrokerServer plus flags and signals; tests
+// grpc.health.v1 health service and server reflection, every call counted
+// by an interceptor) and the Prometheus exposer (BrokerMetrics). iommu-brokerd is a BrokerServer plus flags and signals; tests
 // start one in-process on an ephemeral port ("127.0.0.1:0").
 //
 //   auto server = BrokerServer::Start(config, logger);
@@ -22,9 +22,10 @@
 #include "grpcpp/server.h"
 #include "iommu_broker/v1/config.pb.h"
 #include "prometheus/exposer.h"
-#include "prometheus/registry.h"
+#include "server/broker_metrics.h"
 #include "server/broker_service.h"
 #include "server/log.h"
+#include "server/rpc_metrics.h"
 
 namespace iommu_broker {
 
@@ -43,6 +44,8 @@ class BrokerServer final {
 
   // The TCP port bound (0 for a unix: address).
   int port() const { return port_; }
+  // The metrics port bound (0 when metrics are off).
+  int metrics_port() const { return metrics_port_; }
   const std::string& listen_address() const { return listen_address_; }
   Iommu& iommu() { return *iommu_; }
 
@@ -57,16 +60,18 @@ class BrokerServer final {
   BrokerServer() = default;
   absl::Status CreateStartupObjects(const v1::BrokerConfig& config);
   absl::Status StartGrpc(const v1::BrokerConfig& config, const ServiceLimits& limits);
-  absl::Status StartMetrics(const std::string& address);
+  absl::Status StartMetrics(const v1::BrokerConfig& config);
 
   Logger* log_ = nullptr;
   std::unique_ptr<Iommu> iommu_;
   std::unique_ptr<BrokerService> service_;
+  std::shared_ptr<RpcMetrics> rpc_metrics_ = std::make_shared<RpcMetrics>();
   std::unique_ptr<grpc::Server> server_;
-  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<BrokerMetrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::string listen_address_;
   int port_ = 0;
+  int metrics_port_ = 0;
   std::once_flag shutdown_once_;
 };
 

@@ -227,14 +227,14 @@ grpc::ServerUnaryReactor* BrokerService::ListDevices(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* BrokerService::Map(grpc::CallbackServerContext* context,
                                              const v1::MapRequest* request,
                                              v1::MapResponse* response) {
-  DataPath data_path(iommu_);
+  DataPath data_path(iommu_, operation_metrics_);
   return Reply(context, data_path.Map(*request, response));
 }
 
 grpc::ServerUnaryReactor* BrokerService::Unmap(grpc::CallbackServerContext* context,
                                                const v1::UnmapRequest* request,
                                                v1::UnmapResponse* response) {
-  DataPath data_path(iommu_);
+  DataPath data_path(iommu_, operation_metrics_);
   const absl::Status status = data_path.Unmap(*request, response);
   std::shared_ptr<Completion> acks = data_path.TakeDeviceTlbAcks();
   if (acks == nullptr) return Reply(context, status);
@@ -247,14 +247,14 @@ grpc::ServerUnaryReactor* BrokerService::Unmap(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* BrokerService::Translate(grpc::CallbackServerContext* context,
                                                    const v1::TranslateRequest* request,
                                                    v1::TranslateResponse* response) {
-  DataPath data_path(iommu_);
+  DataPath data_path(iommu_, operation_metrics_);
   return Reply(context, data_path.Translate(*request, response));
 }
 
 grpc::ServerUnaryReactor* BrokerService::Flush(grpc::CallbackServerContext* context,
                                                const v1::FlushRequest* request,
                                                v1::FlushResponse* /*response*/) {
-  DataPath data_path(iommu_);
+  DataPath data_path(iommu_, operation_metrics_);
   return Reply(context, data_path.Flush(*request));
 }
 
@@ -268,7 +268,8 @@ BatchStream* BrokerService::Batch(grpc::CallbackServerContext* /*context*/) {
         grpc::StatusCode::RESOURCE_EXHAUSTED,
         absl::StrCat("the broker serves at most ", streams_.max_streams(), " streams")));
   }
-  return new BatchReactor(iommu_, limits_.max_batch_operations, streams_, draining_);
+  return new BatchReactor(iommu_, operation_metrics_, limits_.max_batch_operations, streams_,
+                          draining_);
 }
 
 // ---- Events

@@ -24,6 +24,7 @@
 #include "core/iommu/iommu.h"
 #include "iommu_broker/v1/iommu_broker.grpc.pb.h"
 #include "server/log.h"
+#include "server/operation_metrics.h"
 #include "server/stoppable_stream.h"
 #include "server/stream_limit.h"
 
@@ -48,6 +49,8 @@ class BrokerService final : public v1::IommuBroker::CallbackService {
   // (gRPC's own shutdown stops accepting them).
   void Drain();
   size_t active_streams() const { return streams_.active(); }
+  // The data path's operations so far (for the metrics).
+  const OperationMetrics& operation_metrics() const { return operation_metrics_; }
 
   grpc::ServerUnaryReactor* CreateDomain(grpc::CallbackServerContext* context,
                                          const v1::CreateDomainRequest* request,
@@ -127,6 +130,7 @@ class BrokerService final : public v1::IommuBroker::CallbackService {
   const ServiceLimits limits_;
   Logger& log_;
   StreamLimit streams_;
+  OperationMetrics operation_metrics_;
   std::atomic<bool> draining_{false};
   std::mutex stoppable_mutex_;
   absl::flat_hash_set<StoppableStream*> stoppable_ ABSL_GUARDED_BY(stoppable_mutex_);

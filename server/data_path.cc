@@ -17,12 +17,39 @@ absl::StatusOr<Device*> DataPath::FindDevice(const std::string& device_id) {
   return found;
 }
 
+absl::Status DataPath::Refused(DataOperation operation, absl::Status status) {
+  metrics_.Count(operation, std::nullopt, status, /*fault=*/false);
+  return status;
+}
+
+std::optional<DataPath::Clock::time_point> DataPath::MaybeStartTimer() {
+  if (timed_candidates_++ % kTimeEvery != 0) return std::nullopt;
+  return Clock::now();
+}
+
+void DataPath::Record(DataOperation operation, const Device& device, const absl::Status& status,
+                      bool fault, std::optional<Clock::time_point> started) {
+  const uint64_t nanos =
+      started.has_value()
+          ? static_cast<uint64_t>(
+                std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - *started)
+                    .count())
+          : 0;
+  const std::optional<Policy> policy = iommu_.PolicyOf(device);
+  metrics_.Count(operation, policy, status, fault);
+  if (started.has_value() && status.ok() && policy.has_value()) {
+    metrics_.RecordLatency(operation, *policy, nanos);
+  }
+}
+
 absl::Status DataPath::Map(const v1::MapRequest& request, v1::MapResponse* response) {
   absl::StatusOr<MapRequest> map = MapRequestFromProto(request);
-  if (!map.ok()) return map.status();
+  if (!map.ok()) return Refused(DataOperation::kMap, map.status());
   absl::StatusOr<Device*> device = FindDevice(request.device_id());
-  if (!device.ok()) return device.status();
+  if (!device.ok()) return Refused(DataOperation::kMap, device.status());
+  const std::optional<Clock::time_point> started = MaybeStartTimer();
   absl::StatusOr<MapResult> result = iommu_.Map(**device, *map);
+  Record(DataOperation::kMap, **device, result.status(), /*fault=*/false, started);
   if (!result.ok()) return result.status();
   MapResultToProto(*result, response);
   return absl::OkStatus();
@@ -30,8 +57,10 @@ absl::Status DataPath::Map(const v1::MapRequest& request, v1::MapResponse* respo
 
 absl::Status DataPath::Unmap(const v1::UnmapRequest& request, v1::UnmapResponse* response) {
   absl::StatusOr<Device*> device = FindDevice(request.device_id());
-  if (!device.ok()) return device.status();
+  if (!device.ok()) return Refused(DataOperation::kUnmap, device.status());
+  const std::optional<Clock::time_point> started = MaybeStartTimer();
   absl::StatusOr<UnmapResult> result = iommu_.Unmap(**device, request.iova(), request.size());
+  Record(DataOperation::kUnmap, **device, result.status(), /*fault=*/false, started);
   if (!result.ok()) return result.status();
   if (result->device_tlb_acks != nullptr) device_tlb_acks_.push_back(result->device_tlb_acks);
   UnmapResultToProto(*result, response);
@@ -41,18 +70,24 @@ absl::Status DataPath::Unmap(const v1::UnmapRequest& request, v1::UnmapResponse*
 absl::Status DataPath::Translate(const v1::TranslateRequest& request,
                                  v1::TranslateResponse* response) {
   absl::StatusOr<Access> access = AccessFromProto(request.access());
-  if (!access.ok()) return access.status();
+  if (!access.ok()) return Refused(DataOperation::kTranslate, access.status());
   absl::StatusOr<Device*> device = FindDevice(request.device_id());
-  if (!device.ok()) return device.status();
+  if (!device.ok()) return Refused(DataOperation::kTranslate, device.status());
   absl::StatusOr<TranslateResult> result =
       iommu_.Translate(**device, request.iova(), request.size(), *access);
+  Record(DataOperation::kTranslate, **device, result.status(), result.ok() && result->faulted,
+         /*started=*/std::nullopt);
   if (!result.ok()) return result.status();
   TranslateResultToProto(*result, response);
   return absl::OkStatus();
 }
 
 absl::Status DataPath::Flush(const v1::FlushRequest& request) {
-  return iommu_.Flush(request.domain_id());
+  absl::StatusOr<Policy> policy = iommu_.DomainPolicy(request.domain_id());
+  if (!policy.ok()) return Refused(DataOperation::kFlush, policy.status());
+  absl::Status status = iommu_.Flush(request.domain_id());
+  metrics_.Count(DataOperation::kFlush, *policy, status, /*fault=*/false);
+  return status;
 }
 
 std::shared_ptr<Completion> DataPath::TakeDeviceTlbAcks() {
@@ -78,6 +113,7 @@ void DataPath::Run(const v1::Operation& operation, v1::OperationResult* result) 
       if (status.ok()) result->mutable_flush();
       break;
     case v1::Operation::OP_NOT_SET:
+      // Counted nowhere: it is no operation.
       status = absl::InvalidArgumentError("operation has none of map, unmap, translate, flush");
       break;
   }

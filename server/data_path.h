@@ -4,14 +4,21 @@
 // message, so a device's lookup (a lock in the engine) is paid once per
 // message rather than once per operation.
 //
-//   DataPath data_path(iommu);
+//   DataPath data_path(iommu, operation_metrics);
 //   absl::Status status = data_path.Map(request, &response);
+//
+// Every operation is counted in the OperationMetrics; the first map or
+// unmap of a DataPath and every 16th after it are timed (a unary call's
+// always, a Batch message's sampled).
 //
 // Thread-safety: not thread-safe (the device cache); the Iommu is.
 #ifndef IOMMU_BROKER_SERVER_DATA_PATH_H_
 #define IOMMU_BROKER_SERVER_DATA_PATH_H_
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,12 +28,13 @@
 #include "core/iommu/completion.h"
 #include "core/iommu/iommu.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
+#include "server/operation_metrics.h"
 
 namespace iommu_broker {
 
 class DataPath final {
  public:
-  explicit DataPath(Iommu& iommu) : iommu_(iommu) {}
+  DataPath(Iommu& iommu, OperationMetrics& metrics) : iommu_(iommu), metrics_(metrics) {}
   DataPath(const DataPath&) = delete;
   DataPath& operator=(const DataPath&) = delete;
 
@@ -43,9 +51,22 @@ class DataPath final {
   std::shared_ptr<Completion> TakeDeviceTlbAcks();
 
  private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr uint64_t kTimeEvery = 16;
+
   absl::StatusOr<Device*> FindDevice(const std::string& device_id);
+  // Counts an operation refused before it reached a domain.
+  absl::Status Refused(DataOperation operation, absl::Status status);
+  // When this operation is to be timed, its start.
+  std::optional<Clock::time_point> MaybeStartTimer();
+  // Counts an operation that ran on `device`'s domain (if any), and its
+  // latency if it was timed and succeeded.
+  void Record(DataOperation operation, const Device& device, const absl::Status& status,
+              bool fault, std::optional<Clock::time_point> started);
 
   Iommu& iommu_;
+  OperationMetrics& metrics_;
+  uint64_t timed_candidates_ = 0;  // maps and unmaps so far
   absl::flat_hash_map<std::string, std::shared_ptr<Device>> devices_;
   std::vector<std::shared_ptr<Completion>> device_tlb_acks_;
 };

@@ -32,6 +32,9 @@ ABSL_FLAG(std::optional<std::string>, listen, std::nullopt,
 ABSL_FLAG(std::optional<std::string>, metrics_listen, std::nullopt,
           "Prometheus /metrics listen address (host:port), or \"none\" (default "
           "127.0.0.1:9464).");
+ABSL_FLAG(std::optional<bool>, metrics_domain_label, std::nullopt,
+          "Add a domain label to the domain-scoped metrics (default false: with many domains "
+          "it multiplies the series).");
 ABSL_FLAG(std::optional<uint64_t>, physical_memory_bytes, std::nullopt,
           "Size of the emulated machine's memory; physical ranges beyond it are refused "
           "(default 17179869184, 16 GiB).");
@@ -77,6 +80,9 @@ absl::StatusOr<v1::BrokerConfig> ConfigFromFlags() {
   }
   if (auto value = absl::GetFlag(FLAGS_listen)) config.set_listen_address(*value);
   if (auto value = absl::GetFlag(FLAGS_metrics_listen)) config.set_metrics_listen_address(*value);
+  if (auto value = absl::GetFlag(FLAGS_metrics_domain_label)) {
+    config.set_metrics_domain_label(*value);
+  }
   v1::EngineConfig& engine = *config.mutable_engine();
   if (auto value = absl::GetFlag(FLAGS_physical_memory_bytes)) {
     engine.set_physical_memory_bytes(*value);

@@ -117,7 +117,7 @@ Domain::Domain(const DomainConfig& config, const Environment& env,
       iotlb_(std::move(iotlb)),
       page_table_(*env.reclaimer),
       flush_queue_(config.flush_queue, *iotlb_, *env.invalidation_queue, pending_invalidations_,
-                   [this](absl::Span<const PageTable::Removed> done) {
+                   env.flush_latencies, [this](absl::Span<const PageTable::Removed> done) {
                      ReleaseIovas(done, /*await_device_tlbs=*/false);
                    }),
       faults_(env.fault_log_capacity, env.iommu_faults) {}
@@ -130,11 +130,15 @@ absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request)
   if (absl::Status status = ValidateMapRequest(request); !status.ok()) return status;
   std::string refusal;
   absl::StatusOr<std::optional<MapResult>> bypass = DecideBypass(device, request, &refusal);
-  if (!bypass.ok()) return bypass.status();
+  if (!bypass.ok()) {
+    AddOwned(counts_.Local().bypass_refusals, 1);
+    return bypass.status();
+  }
   if (bypass->has_value()) {
     AddOwned(counts_.Local().bypass_maps, 1);
     return **bypass;
   }
+  if (!refusal.empty()) AddOwned(counts_.Local().bypass_fallbacks, 1);
   MapResult result;
   result.bypass_refusal = std::move(refusal);
   if (policy() == Policy::kPassthrough && !request.has_iova &&
@@ -297,7 +301,7 @@ absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const Ma
     if (!leaves) {
       // Perhaps unmapped but not yet invalidated (its claim stays until
       // then): invalidate now, as below for allocator space.
-      if (flush_queue_.Stats().pending > 0) flush_queue_.Flush();
+      if (flush_queue_.Stats().pending > 0) flush_queue_.Flush(FlushKind::kExplicit);
       leaves = page_table_.Install(MappingFor(device, request, iova, IovaOrigin::kClaimed));
     }
     if (!leaves) return OverlapError(iova, request.size);
@@ -309,7 +313,7 @@ absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const Ma
     // caller may reuse its IOVA as virtio-iommu allows. Retry even when
     // nothing is pending any more: another thread's flush may have released
     // the range after the first attempt failed.
-    if (flush_queue_.Stats().pending > 0) flush_queue_.Flush();
+    if (flush_queue_.Stats().pending > 0) flush_queue_.Flush(FlushKind::kExplicit);
     reserved = allocator_->Reserve(iova, request.size);
   }
   if (absl::IsAlreadyExists(reserved)) return OverlapError(iova, request.size);
@@ -374,6 +378,7 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   } else {
     FlushQueue::Unmapping unmapping(flush_queue_);
     status = RemoveMappings(device, iova, end, removed);
+    if (status.ok() && !removed.empty()) NoticePendingFlush(removed);
     if (status.ok()) unmapping.Enqueue(removed);
   }
   if (!status.ok()) return status;
@@ -448,7 +453,8 @@ absl::Status Domain::CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_
 void Domain::InvalidateNow(absl::Span<const PageTable::Removed> removed) {
   std::vector<InvalidationDescriptor> descriptors;
   for (const PageTable::Removed& gone : removed) AppendInvalidations(gone, *iotlb_, descriptors);
-  env_.invalidation_queue->Invalidate(descriptors);
+  const uint64_t waited = env_.invalidation_queue->Invalidate(descriptors);
+  RecordFlush(Policy::kParanoid, FlushKind::kSyncUnmap, waited);
 }
 
 std::shared_ptr<Completion> Domain::ReleaseIovas(absl::Span<const PageTable::Removed> removed,
@@ -458,14 +464,7 @@ std::shared_ptr<Completion> Domain::ReleaseIovas(absl::Span<const PageTable::Rem
   const bool watched = env_.invalidations != nullptr && env_.invalidations->has_subscribers();
   const bool cached = env_.device_tlbs != nullptr && env_.device_tlbs->any_linked();
   if (watched || cached) {
-    std::vector<InvalidationEvent> events;
-    events.reserve(removed.size());
-    for (const PageTable::Removed& gone : removed) {
-      events.push_back({.scope = InvalidationScope::kRange,
-                        .domain_id = id(),
-                        .iova = gone.iova,
-                        .size = gone.size});
-    }
+    const std::vector<InvalidationEvent> events = RangeEvents(removed, /*flush_pending=*/false);
     if (watched) {
       for (const InvalidationEvent& event : events) env_.invalidations->Publish(event);
     }
@@ -484,6 +483,29 @@ std::shared_ptr<Completion> Domain::ReleaseIovas(absl::Span<const PageTable::Rem
   }
   FreeIovas(removed);
   return nullptr;
+}
+
+void Domain::RecordFlush(Policy policy, FlushKind kind, uint64_t waited_nanos) {
+  if (env_.flush_latencies != nullptr) env_.flush_latencies->Record(policy, kind, waited_nanos);
+}
+
+void Domain::NoticePendingFlush(absl::Span<const PageTable::Removed> removed) {
+  if (env_.device_tlbs == nullptr || !env_.device_tlbs->any_linked()) return;
+  env_.device_tlbs->SendToDomain(this, RangeEvents(removed, /*flush_pending=*/true), nullptr);
+}
+
+std::vector<InvalidationEvent> Domain::RangeEvents(absl::Span<const PageTable::Removed> removed,
+                                                   bool flush_pending) const {
+  std::vector<InvalidationEvent> events;
+  events.reserve(removed.size());
+  for (const PageTable::Removed& gone : removed) {
+    events.push_back({.scope = InvalidationScope::kRange,
+                      .domain_id = id(),
+                      .iova = gone.iova,
+                      .size = gone.size,
+                      .flush_pending = flush_pending});
+  }
+  return events;
 }
 
 void Domain::FreeIovas(absl::Span<const PageTable::Removed> removed) {
@@ -669,15 +691,25 @@ void Domain::SetPolicy(Policy policy) {
   policy_switches_.fetch_add(1, std::memory_order_acq_rel);
   const Policy old = policy_.exchange(policy, std::memory_order_acq_rel);
   if (old != policy) {
+    AttributeLookups(old);
     // Every unmap that read the old policy has queued its ranges once this
     // grace period ends; the drain then covers them all.
     env_.reclaimer->Synchronize();
-    if (policy == Policy::kParanoid) flush_queue_.Flush();
+    if (policy == Policy::kParanoid) flush_queue_.Flush(FlushKind::kDomainWide);
   }
   policy_switches_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
-void Domain::Flush() { flush_queue_.Flush(); }
+void Domain::AttributeLookups(Policy ended) {
+  std::lock_guard<std::mutex> lock(lookups_mutex_);
+  const IotlbStats now = iotlb_->Stats();
+  IotlbLookups& to = attributed_lookups_[static_cast<size_t>(ended)];
+  to.hits += now.hits - attributed_total_.hits;
+  to.misses += now.misses - attributed_total_.misses;
+  attributed_total_ = {.hits = now.hits, .misses = now.misses};
+}
+
+void Domain::Flush(FlushKind kind) { flush_queue_.Flush(kind); }
 
 void Domain::Maintain(absl::Time now) {
   flush_queue_.FlushExpired(now);
@@ -691,7 +723,7 @@ void Domain::Maintain(absl::Time now) {
 void Domain::InvalidateRequester(uint32_t requester) {
   const InvalidationDescriptor descriptor =
       InvalidationDescriptor::Requester(iotlb_.get(), requester);
-  env_.invalidation_queue->Invalidate({&descriptor, 1});
+  RecordFlush(policy(), FlushKind::kDevice, env_.invalidation_queue->Invalidate({&descriptor, 1}));
 }
 
 absl::flat_hash_map<uint32_t, LiveMappings> Domain::LiveMappingsByRequester() const {
@@ -714,9 +746,20 @@ DomainStats Domain::Stats() const {
   stats.faults = faults_count_.load(std::memory_order_relaxed);
   stats.stale_translations = static_cast<uint64_t>(Total(&Counts::stale_translations));
   stats.bypass_maps = static_cast<uint64_t>(Total(&Counts::bypass_maps));
+  stats.bypass_fallbacks = static_cast<uint64_t>(Total(&Counts::bypass_fallbacks));
+  stats.bypass_refusals = static_cast<uint64_t>(Total(&Counts::bypass_refusals));
   stats.identity_maps = static_cast<uint64_t>(Total(&Counts::identity_maps));
   stats.table_pages = page_table_.table_pages();
-  stats.iotlb = iotlb_->Stats();
+  {
+    // Read under the lock, so that the totals are never behind what has
+    // been attributed.
+    std::lock_guard<std::mutex> lock(lookups_mutex_);
+    stats.iotlb = iotlb_->Stats();
+    stats.iotlb_by_policy = attributed_lookups_;
+    IotlbLookups& current = stats.iotlb_by_policy[static_cast<size_t>(stats.policy)];
+    current.hits += stats.iotlb.hits - attributed_total_.hits;
+    current.misses += stats.iotlb.misses - attributed_total_.misses;
+  }
   stats.flush_queue = flush_queue_.Stats();
   stats.iova = allocator_->Stats();
   stats.debug = debug_.Snapshot();

@@ -24,9 +24,11 @@
 #ifndef IOMMU_BROKER_CORE_IOMMU_DOMAIN_H_
 #define IOMMU_BROKER_CORE_IOMMU_DOMAIN_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -80,6 +82,12 @@ struct DomainConfig {
   uint32_t iommu_unit = 0;
 };
 
+// IOTLB lookups, for attributing them to policies.
+struct IotlbLookups {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+};
+
 struct DomainStats {
   Policy policy = Policy::kFast;
   uint64_t live_mappings = 0;
@@ -89,9 +97,14 @@ struct DomainStats {
   uint64_t faults = 0;
   uint64_t stale_translations = 0;
   uint64_t bypass_maps = 0;
+  uint64_t bypass_fallbacks = 0;  // bypass preferred, refused: translated instead
+  uint64_t bypass_refusals = 0;   // bypass required, refused: not mapped
   uint64_t identity_maps = 0;
   uint64_t table_pages = 0;
   IotlbStats iotlb;
+  // iotlb's hits and misses, by the policy the domain had when they
+  // happened (as of its policy changes).
+  std::array<IotlbLookups, kPolicyCount> iotlb_by_policy;
   FlushQueueStats flush_queue;
   IovaStats iova;
   DmaDebugCounts debug;
@@ -119,6 +132,8 @@ class Domain final : public std::enable_shared_from_this<Domain> {
     Publisher<InvalidationEvent>* invalidations = nullptr;
     // Device-side IOTLBs, sent every range invalidation (optional).
     DeviceTlbs* device_tlbs = nullptr;
+    // Where invalidation waits are recorded (optional).
+    FlushLatencies* flush_latencies = nullptr;
   };
 
   // INVALID_ARGUMENT naming the field if `config` is unusable.
@@ -146,8 +161,9 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   // after every operation that saw the old policy has finished, so the
   // paranoid guarantees hold from the moment this returns. No guard held.
   void SetPolicy(Policy policy);
-  // Invalidates and releases everything on the flush queue.
-  void Flush();
+  // Invalidates and releases everything on the flush queue; `kind` says
+  // why (kExplicit or kDomainWide), for the latency record.
+  void Flush(FlushKind kind);
   // Timer work: flush-queue timeouts, returning idle IOVA caches.
   // No guard needed.
   void Maintain(absl::Time now);
@@ -174,6 +190,8 @@ class Domain final : public std::enable_shared_from_this<Domain> {
     std::atomic<int64_t> translations{0};
     std::atomic<int64_t> stale_translations{0};
     std::atomic<int64_t> bypass_maps{0};
+    std::atomic<int64_t> bypass_fallbacks{0};
+    std::atomic<int64_t> bypass_refusals{0};
     std::atomic<int64_t> identity_maps{0};
   };
   // A translated mapping placed in the page table.
@@ -208,12 +226,20 @@ class Domain final : public std::enable_shared_from_this<Domain> {
                               absl::InlinedVector<PageTable::Removed, 1>& removed);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
   void InvalidateNow(absl::Span<const PageTable::Removed> removed);
+  void RecordFlush(Policy policy, FlushKind kind, uint64_t waited_nanos);
+  // Attributes the lookups since the last policy change to `ended`.
+  void AttributeLookups(Policy ended);
   // After their invalidation: tells subscribers and device-side IOTLBs,
   // then frees the IOVAs; with `await_device_tlbs`, only once the IOTLBs
   // acknowledged (the returned completion, null if none is linked).
   std::shared_ptr<Completion> ReleaseIovas(absl::Span<const PageTable::Removed> removed,
                                            bool await_device_tlbs);
   void FreeIovas(absl::Span<const PageTable::Removed> removed);
+  // Fast: tells device-side IOTLBs that `removed` awaits its flush, before
+  // the flush queue can send the invalidation, so the notice comes first.
+  void NoticePendingFlush(absl::Span<const PageTable::Removed> removed);
+  std::vector<InvalidationEvent> RangeEvents(absl::Span<const PageTable::Removed> removed,
+                                             bool flush_pending) const;
   // Translates the page holding `iova` into `out`, or returns false with
   // `fault` set. Out-parameters rather than an optional return: the result
   // then never round-trips through memory on the hot path.
@@ -249,6 +275,11 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   FaultLog faults_;
   DmaDebugCounters debug_;
   PerThread<Counts> counts_;
+  // IOTLB lookups attributed to the policies the domain had before its
+  // current one, and the total attributed so far.
+  mutable std::mutex lookups_mutex_;
+  std::array<IotlbLookups, kPolicyCount> attributed_lookups_ ABSL_GUARDED_BY(lookups_mutex_);
+  IotlbLookups attributed_total_ ABSL_GUARDED_BY(lookups_mutex_);
   std::atomic<uint64_t> faults_count_{0};
   std::atomic<int64_t> last_shrink_second_{0};
 };

@@ -24,6 +24,7 @@ uint64_t FaultLog::Record(Fault fault) {
   // (and its subscribers) in sequence order; a parent never calls a child.
   fault.sequence = parent_ != nullptr ? parent_->Record(fault) : next_sequence_++;
   ++recorded_;
+  ++by_reason_[static_cast<size_t>(fault.reason)];
   ring_.push_back(fault);
   while (ring_.size() > capacity_) ring_.pop_front();
   // Published under mutex_ so that every subscriber sees faults in
@@ -39,6 +40,11 @@ std::vector<Fault> FaultLog::Recent(uint64_t after_sequence) const {
       ring_.begin(), ring_.end(), after_sequence,
       [](uint64_t sequence, const Fault& fault) { return sequence < fault.sequence; });
   return std::vector<Fault>(first, ring_.end());
+}
+
+std::array<uint64_t, kFaultReasonCount> FaultLog::TotalsByReason() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return by_reason_;
 }
 
 uint64_t FaultLog::total() const {

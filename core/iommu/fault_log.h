@@ -18,6 +18,7 @@
 #ifndef IOMMU_BROKER_CORE_IOMMU_FAULT_LOG_H_
 #define IOMMU_BROKER_CORE_IOMMU_FAULT_LOG_H_
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -48,6 +49,8 @@ class FaultLog final {
   // The kept faults, oldest first, with sequence > `after_sequence`.
   std::vector<Fault> Recent(uint64_t after_sequence = 0) const;
   uint64_t total() const;  // faults ever recorded here
+  // Faults ever recorded here, indexed by FaultReason.
+  std::array<uint64_t, kFaultReasonCount> TotalsByReason() const;
 
   std::shared_ptr<FaultSubscription> Subscribe(size_t queue_capacity);
 
@@ -58,6 +61,7 @@ class FaultLog final {
   std::deque<Fault> ring_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mutex_) = 1;  // the root's numbering
   uint64_t recorded_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::array<uint64_t, kFaultReasonCount> by_reason_ ABSL_GUARDED_BY(mutex_) = {};
   Publisher<Fault> publisher_;  // taken after mutex_
 };
 

@@ -18,11 +18,12 @@ void AppendInvalidations(const PageTable::Removed& removed, Iotlb& iotlb,
 
 FlushQueue::FlushQueue(FlushQueueOptions options, Iotlb& iotlb,
                        InvalidationQueue& invalidation_queue, PendingInvalidations& pending,
-                       Release release)
+                       FlushLatencies* latencies, Release release)
     : options_(options),
       iotlb_(iotlb),
       invalidation_queue_(invalidation_queue),
       pending_(pending),
+      latencies_(latencies),
       release_(std::move(release)) {}
 
 FlushQueue::Unmapping::Unmapping(FlushQueue& queue)
@@ -43,15 +44,15 @@ void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed
     // Stays busy even if this empties it: the rest of `removed` is unmapped
     // already. The busy period ends when the lock is released.
     if (stripe_.entries.size() >= queue_.options_.capacity) {
-      queue_.FlushStripe(stripe_, Reason::kFull);
+      queue_.FlushStripe(stripe_, FlushKind::kQueueFull);
     }
   }
 }
 
-void FlushQueue::Flush() {
+void FlushQueue::Flush(FlushKind kind) {
   for (Stripe& stripe : stripes_) {
     std::lock_guard<std::mutex> lock(stripe.mutex);
-    if (!stripe.entries.empty()) FlushStripe(stripe, Reason::kExplicit);
+    if (!stripe.entries.empty()) FlushStripe(stripe, kind);
     SettleStripe(stripe);
   }
 }
@@ -60,13 +61,13 @@ void FlushQueue::FlushExpired(absl::Time now) {
   for (Stripe& stripe : stripes_) {
     std::lock_guard<std::mutex> lock(stripe.mutex);
     if (!stripe.entries.empty() && now - stripe.oldest >= options_.timeout) {
-      FlushStripe(stripe, Reason::kTimeout);
+      FlushStripe(stripe, FlushKind::kQueueTimeout);
       SettleStripe(stripe);
     }
   }
 }
 
-void FlushQueue::FlushStripe(Stripe& stripe, Reason reason) {
+void FlushQueue::FlushStripe(Stripe& stripe, FlushKind kind) {
   // The invalidation queue turns a long batch into one whole-domain
   // invalidation.
   std::vector<InvalidationDescriptor> descriptors;
@@ -74,10 +75,11 @@ void FlushQueue::FlushStripe(Stripe& stripe, Reason reason) {
   for (const PageTable::Removed& removed : stripe.entries) {
     AppendInvalidations(removed, iotlb_, descriptors);
   }
-  invalidation_queue_.Invalidate(descriptors);
+  const uint64_t waited = invalidation_queue_.Invalidate(descriptors);
+  if (latencies_ != nullptr) latencies_->Record(Policy::kFast, kind, waited);
   release_(stripe.entries);
   stripe.entries.clear();
-  ++stripe.flushes[static_cast<size_t>(reason)];
+  ++stripe.flushes[static_cast<size_t>(kind)];
 }
 
 void FlushQueue::SettleStripe(Stripe& stripe) {
@@ -93,9 +95,10 @@ FlushQueueStats FlushQueue::Stats() const {
     std::lock_guard<std::mutex> lock(stripe.mutex);
     stats.queued += stripe.queued;
     stats.pending += stripe.entries.size();
-    stats.full_flushes += stripe.flushes[static_cast<size_t>(Reason::kFull)];
-    stats.timeout_flushes += stripe.flushes[static_cast<size_t>(Reason::kTimeout)];
-    stats.explicit_flushes += stripe.flushes[static_cast<size_t>(Reason::kExplicit)];
+    stats.full_flushes += stripe.flushes[static_cast<size_t>(FlushKind::kQueueFull)];
+    stats.timeout_flushes += stripe.flushes[static_cast<size_t>(FlushKind::kQueueTimeout)];
+    stats.explicit_flushes += stripe.flushes[static_cast<size_t>(FlushKind::kExplicit)] +
+                              stripe.flushes[static_cast<size_t>(FlushKind::kDomainWide)];
   }
   return stats;
 }

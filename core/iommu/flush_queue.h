@@ -2,7 +2,8 @@
 // unmapped ranges wait here, their PTEs already cleared, until a batch
 // invalidation covers them; only then are their IOVAs released for reuse.
 // A batch runs when a queue fills, when its oldest entry has waited
-// `timeout` (FlushExpired, driven by a timer), or on Flush().
+// `timeout` (FlushExpired, driven by a timer), or on Flush(). Each batch's
+// wait is recorded in `latencies` (fast policy, by what triggered it).
 //
 //   FlushQueue fq(options, iotlb, invalidation_queue, pending,
 //                 [&](absl::Span<const PageTable::Removed> done) { ...free IOVAs... });
@@ -12,7 +13,7 @@
 //     unmapping.Enqueue(removed);            // may flush this thread's queue
 //   }
 //   fq.FlushExpired(absl::Now());  // from the timer
-//   fq.Flush();                    // everything queued before the call is invalidated and released
+//   fq.Flush(FlushKind::kExplicit);  // everything queued before is invalidated and released
 //
 // There is one queue per stripe of threads (as Linux has one per CPU), each
 // holding up to `capacity` entries, so unmapping threads do not share a lock.
@@ -41,6 +42,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "core/iommu/flush_latencies.h"
 #include "core/iommu/invalidation_queue.h"
 #include "core/iommu/iotlb.h"
 #include "core/iommu/page_table.h"
@@ -64,7 +66,7 @@ struct FlushQueueStats {
   uint64_t pending = 0;           // ranges waiting now
   uint64_t full_flushes = 0;      // batches because a queue filled
   uint64_t timeout_flushes = 0;   // batches because the oldest entry timed out
-  uint64_t explicit_flushes = 0;  // batches from Flush()
+  uint64_t explicit_flushes = 0;  // batches from Flush(), of either kind
 };
 
 class FlushQueue final {
@@ -92,19 +94,20 @@ class FlushQueue final {
     std::lock_guard<std::mutex> lock_;
   };
 
+  // `latencies` may be null (nothing recorded).
   FlushQueue(FlushQueueOptions options, Iotlb& iotlb, InvalidationQueue& invalidation_queue,
-             PendingInvalidations& pending, Release release);
+             PendingInvalidations& pending, FlushLatencies* latencies, Release release);
   FlushQueue(const FlushQueue&) = delete;
   FlushQueue& operator=(const FlushQueue&) = delete;
 
-  void Flush();
+  // `kind`: kExplicit or kDomainWide, for the latency record.
+  void Flush(FlushKind kind);
   void FlushExpired(absl::Time now);
 
   FlushQueueStats Stats() const;
 
  private:
   static constexpr size_t kStripes = 8;
-  enum class Reason { kFull, kTimeout, kExplicit };
 
   struct alignas(64) Stripe {
     mutable std::mutex mutex;
@@ -112,10 +115,10 @@ class FlushQueue final {
     absl::Time oldest ABSL_GUARDED_BY(mutex);  // when the first entry arrived
     bool busy ABSL_GUARDED_BY(mutex) = false;  // counted in `pending_`
     uint64_t queued ABSL_GUARDED_BY(mutex) = 0;
-    std::array<uint64_t, 3> flushes ABSL_GUARDED_BY(mutex) = {};  // by Reason
+    std::array<uint64_t, kFlushKinds> flushes ABSL_GUARDED_BY(mutex) = {};
   };
 
-  void FlushStripe(Stripe& stripe, Reason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
+  void FlushStripe(Stripe& stripe, FlushKind kind) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
   // Ends the stripe's busy period if nothing is queued; before its lock is
   // released.
   void SettleStripe(Stripe& stripe) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
@@ -124,6 +127,7 @@ class FlushQueue final {
   Iotlb& iotlb_;
   InvalidationQueue& invalidation_queue_;
   PendingInvalidations& pending_;
+  FlushLatencies* const latencies_;
   Release release_;
   std::array<Stripe, kStripes> stripes_;
 };

@@ -55,7 +55,7 @@ InvalidationQueue::InvalidationQueue(InvalidationQueueOptions options)
       max_batch_descriptors_(options.max_batch_descriptors),
       cost_(options.cost) {}
 
-void InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> descriptors) {
+uint64_t InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> descriptors) {
   const auto start = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mutex_);
   if (combine_) {
@@ -86,8 +86,10 @@ void InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> desc
     std::vector<InvalidationDescriptor> batch(descriptors.begin(), descriptors.end());
     RunBatch(lock, batch);
   }
+  const uint64_t waited = NanosOf(std::chrono::steady_clock::now() - start);
   ++stats_.calls;
-  stats_.wait_nanos += NanosOf(std::chrono::steady_clock::now() - start);
+  stats_.wait_nanos += waited;
+  return waited;
 }
 
 void InvalidationQueue::RunBatch(std::unique_lock<std::mutex>& lock,
@@ -96,6 +98,7 @@ void InvalidationQueue::RunBatch(std::unique_lock<std::mutex>& lock,
   const InvalidationCost cost = cost_;
   last_leader_ = std::this_thread::get_id();
   executing_ = true;
+  batch_sizes_.Record(batch.size());
   lock.unlock();
   const BatchResult result = Execute(batch, cost);
   lock.lock();

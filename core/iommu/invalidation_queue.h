@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "core/iommu/iotlb.h"
+#include "core/util/log2_histogram.h"
 
 namespace iommu_broker {
 
@@ -90,11 +91,14 @@ class InvalidationQueue final {
   // Executes `descriptors` (possibly with other callers') in a batch that
   // starts after this call, and returns when that batch has completed.
   // An empty span still waits for a batch (a pure completion barrier).
-  void Invalidate(absl::Span<const InvalidationDescriptor> descriptors);
+  // Returns how long the caller waited, in nanoseconds (flush latency).
+  uint64_t Invalidate(absl::Span<const InvalidationDescriptor> descriptors);
 
   void SetCost(InvalidationCost cost);
   InvalidationCost cost() const;
   InvalidationQueueStats Stats() const;
+  // Descriptors per batch as posted (before promotion): 1, 2, 4, ... 1024.
+  Log2Histogram::Snapshot BatchSizes() const { return batch_sizes_.Read(); }
 
  private:
   // What executing one batch did, for the stats.
@@ -140,6 +144,7 @@ class InvalidationQueue final {
   std::thread::id last_leader_ ABSL_GUARDED_BY(mutex_);
   bool executing_ ABSL_GUARDED_BY(mutex_) = false;
   InvalidationQueueStats stats_ ABSL_GUARDED_BY(mutex_);
+  Log2Histogram batch_sizes_{/*first_bound=*/1, /*bounded_buckets=*/11};
 };
 
 }  // namespace iommu_broker

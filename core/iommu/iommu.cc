@@ -104,6 +104,7 @@ absl::Status Iommu::CreateDomain(const DomainConfig& config) {
   env.fault_log_capacity = options_.fault_log_capacity;
   env.invalidations = &invalidations_;
   env.device_tlbs = &device_tlbs_;
+  env.flush_latencies = options_.record_flush_latencies ? &flush_latencies_ : nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
   if (domains_.contains(config.id)) {
     return absl::AlreadyExistsError(absl::StrCat("domain ", config.id, " already exists"));
@@ -121,7 +122,9 @@ absl::Status Iommu::CreateDomain(const DomainConfig& config) {
 absl::StatusOr<DestroyResult> Iommu::DestroyDomain(absl::string_view domain_id, bool force) {
   DestroyResult result;
   std::shared_ptr<Domain> domain;
+  DomainStats at_removal;  // counted in destroyed_totals_ as the domain left domains_
   {
+    std::lock_guard<std::mutex> totals_lock(totals_mutex_);
     std::lock_guard<std::mutex> lock(mutex_);
     absl::StatusOr<std::shared_ptr<Domain>> found = FindDomainLocked(domain_id);
     if (!found.ok()) return found.status();
@@ -144,8 +147,10 @@ absl::StatusOr<DestroyResult> Iommu::DestroyDomain(absl::string_view domain_id, 
     }
     std::sort(result.detached_devices.begin(), result.detached_devices.end());
     domains_.erase(domains_.find(domain_id));
+    at_removal = domain->Stats();
+    destroyed_totals_.AddDifference(at_removal, DomainStats());
   }
-  domain->Flush();
+  domain->Flush(FlushKind::kDomainWide);
   {
     EpochReclaimer::Guard guard(reclaimer_);
     for (const auto& [requester, live] : domain->LiveMappingsByRequester()) {
@@ -154,6 +159,11 @@ absl::StatusOr<DestroyResult> Iommu::DestroyDomain(absl::string_view domain_id, 
     }
   }
   domain->debug().CountLeaks(result.leaked.mappings, result.leaked.bytes);
+  {
+    const DomainStats final_stats = domain->Stats();  // with the drain and the leaks
+    std::lock_guard<std::mutex> lock(totals_mutex_);
+    destroyed_totals_.AddDifference(final_stats, at_removal);
+  }
   // Device-side caches hold nothing of a destroyed domain.
   if (invalidations_.has_subscribers()) {
     invalidations_.Publish({.scope = InvalidationScope::kDomain, .domain_id = domain->id()});
@@ -164,6 +174,57 @@ absl::StatusOr<DestroyResult> Iommu::DestroyDomain(absl::string_view domain_id, 
   return result;
 }
 
+void DomainTotals::AddDifference(const DomainStats& later, const DomainStats& earlier) {
+  for (size_t policy = 0; policy < kPolicyCount; ++policy) {
+    iotlb[policy].hits += later.iotlb_by_policy[policy].hits - earlier.iotlb_by_policy[policy].hits;
+    iotlb[policy].misses +=
+        later.iotlb_by_policy[policy].misses - earlier.iotlb_by_policy[policy].misses;
+  }
+  stale_translations += later.stale_translations - earlier.stale_translations;
+  bypass_maps += later.bypass_maps - earlier.bypass_maps;
+  bypass_fallbacks += later.bypass_fallbacks - earlier.bypass_fallbacks;
+  bypass_refusals += later.bypass_refusals - earlier.bypass_refusals;
+  debug.wrong_size_unmaps += later.debug.wrong_size_unmaps - earlier.debug.wrong_size_unmaps;
+  debug.double_unmaps += later.debug.double_unmaps - earlier.debug.double_unmaps;
+  debug.dma_after_unmap += later.debug.dma_after_unmap - earlier.debug.dma_after_unmap;
+  debug.leaked_mappings += later.debug.leaked_mappings - earlier.debug.leaked_mappings;
+  debug.leaked_bytes += later.debug.leaked_bytes - earlier.debug.leaked_bytes;
+}
+
+std::vector<DomainReading> Iommu::AllDomainStats(DomainTotals* totals) const {
+  std::lock_guard<std::mutex> totals_lock(totals_mutex_);
+  *totals = destroyed_totals_;
+  std::vector<std::shared_ptr<Domain>> live;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [id, domain] : domains_) live.push_back(domain);
+  }
+  std::vector<DomainReading> readings;
+  readings.reserve(live.size());
+  for (const std::shared_ptr<Domain>& domain : live) {
+    readings.push_back({.domain_id = domain->id(), .stats = domain->Stats()});
+    totals->AddDifference(readings.back().stats, DomainStats());
+  }
+  return readings;
+}
+
+DeviceCensus Iommu::CountDevices() const {
+  DeviceCensus census;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& [id, device] : devices_) {
+    ++(device->domain() != nullptr ? census.attached : census.detached);
+    if (device->allow_bypass()) ++census.bypass_allowed;
+  }
+  return census;
+}
+
+std::optional<Policy> Iommu::PolicyOf(const Device& device) {
+  EpochReclaimer::Guard guard(reclaimer_);
+  const Domain* domain = device.domain();
+  if (domain == nullptr) return std::nullopt;
+  return domain->policy();
+}
+
 absl::Status Iommu::SetPolicy(absl::string_view domain_id, Policy policy) {
   absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
   if (!domain.ok()) return domain.status();
@@ -171,10 +232,16 @@ absl::Status Iommu::SetPolicy(absl::string_view domain_id, Policy policy) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Policy> Iommu::DomainPolicy(absl::string_view domain_id) const {
+  absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
+  if (!domain.ok()) return domain.status();
+  return (*domain)->policy();
+}
+
 absl::Status Iommu::Flush(absl::string_view domain_id) {
   absl::StatusOr<std::shared_ptr<Domain>> domain = FindDomain(domain_id);
   if (!domain.ok()) return domain.status();
-  (*domain)->Flush();
+  (*domain)->Flush(FlushKind::kExplicit);
   return absl::OkStatus();
 }
 
@@ -477,6 +544,10 @@ absl::StatusOr<DmaDebugCounts> Iommu::DeviceDebugCounts(absl::string_view device
 }
 
 InvalidationQueueStats Iommu::UnitStats(uint32_t unit) const { return units_.at(unit)->Stats(); }
+
+Log2Histogram::Snapshot Iommu::UnitBatchSizes(uint32_t unit) const {
+  return units_.at(unit)->BatchSizes();
+}
 
 // ---------------------------------------------------------------- Control plane views
 

@@ -21,6 +21,7 @@
 #ifndef IOMMU_BROKER_CORE_IOMMU_IOMMU_H_
 #define IOMMU_BROKER_CORE_IOMMU_IOMMU_H_
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -43,6 +44,7 @@
 #include "core/iommu/domain.h"
 #include "core/iommu/epoch.h"
 #include "core/iommu/fault_log.h"
+#include "core/iommu/flush_latencies.h"
 #include "core/iommu/invalidation_queue.h"
 #include "core/iommu/publisher.h"
 #include "core/iommu/subscription.h"
@@ -59,6 +61,9 @@ struct IommuOptions {
   size_t max_devices = 4095;         // requester ids are 12 bits
   size_t fault_log_capacity = 1024;  // per domain, and IOMMU-wide
   DeviceTlbOptions device_tlb;  // device-side IOTLB links
+  // Time every invalidation for flush_latencies() (metrics); off, nothing
+  // is recorded.
+  bool record_flush_latencies = true;
   // How often the maintenance thread runs; zero starts no thread (tests
   // then call Maintain themselves).
   absl::Duration maintenance_interval = absl::Milliseconds(1);
@@ -91,6 +96,32 @@ struct DeviceUpdate {
   std::optional<bool> allow_bypass = std::nullopt;
 };
 
+// Counters summed over every domain there has been, destroyed ones
+// included, so that metrics built on them never go backwards. (Operations
+// still finishing on a domain as it is destroyed may be missed.)
+struct DomainTotals {
+  std::array<IotlbLookups, kPolicyCount> iotlb;  // by the policy at the time
+  uint64_t stale_translations = 0;
+  uint64_t bypass_maps = 0;
+  uint64_t bypass_fallbacks = 0;
+  uint64_t bypass_refusals = 0;
+  DmaDebugCounts debug;
+
+  // Adds what `later` counted since `earlier` (two stats of one domain).
+  void AddDifference(const DomainStats& later, const DomainStats& earlier);
+};
+
+struct DeviceCensus {
+  uint64_t attached = 0;
+  uint64_t detached = 0;
+  uint64_t bypass_allowed = 0;  // allow_bypass set by the operator
+};
+
+struct DomainReading {
+  std::string domain_id;
+  DomainStats stats;
+};
+
 struct DestroyResult {
   std::vector<std::string> detached_devices;  // forced off the domain
   LiveMappings leaked;                        // every mapping still live
@@ -111,9 +142,13 @@ class Iommu final {
   absl::StatusOr<DestroyResult> DestroyDomain(absl::string_view domain_id, bool force);
   absl::Status SetPolicy(absl::string_view domain_id, Policy policy);
   absl::Status Flush(absl::string_view domain_id);
+  absl::StatusOr<Policy> DomainPolicy(absl::string_view domain_id) const;
   absl::StatusOr<DomainStats> GetDomainStats(absl::string_view domain_id) const;
   std::vector<std::string> DomainIds() const;
   absl::StatusOr<DomainInfo> DescribeDomain(absl::string_view domain_id) const;
+  // Every live domain's stats (one pass, for metrics), and the totals of
+  // all domains ever, read consistently with them.
+  std::vector<DomainReading> AllDomainStats(DomainTotals* totals) const;
 
   // ---- Devices
   absl::Status AddDevice(const DeviceConfig& config);
@@ -125,7 +160,10 @@ class Iommu final {
   absl::Status UpdateDevice(absl::string_view device_id, const DeviceUpdate& update);
   absl::StatusOr<DeviceInfo> DescribeDevice(absl::string_view device_id) const;
   absl::StatusOr<std::shared_ptr<Device>> FindDevice(absl::string_view device_id) const;
+  // The policy of `device`'s domain now; nullopt while it is detached.
+  std::optional<Policy> PolicyOf(const Device& device);
   std::vector<std::string> DeviceIds() const;
+  DeviceCensus CountDevices() const;
   // Attaches, or moves from its current domain (the result then reports the
   // detach). If the attach is refused nothing changes.
   absl::StatusOr<std::optional<DetachResult>> Attach(absl::string_view device_id,
@@ -145,6 +183,7 @@ class Iommu final {
 
   // ---- Faults and debugging
   FaultLog& faults() { return faults_; }  // every fault, IOMMU-wide
+  const FaultLog& faults() const { return faults_; }
   // Faults of one domain, or of all when `domain_id` is empty.
   absl::StatusOr<std::shared_ptr<FaultSubscription>> SubscribeFaults(absl::string_view domain_id,
                                                                      size_t queue_capacity);
@@ -167,6 +206,10 @@ class Iommu final {
   void Maintain(absl::Time now);
   const IommuOptions& options() const { return options_; }
   InvalidationQueueStats UnitStats(uint32_t unit) const;
+  // Descriptors per batch of `unit`'s invalidation queue.
+  Log2Histogram::Snapshot UnitBatchSizes(uint32_t unit) const;
+  // How long invalidations kept their callers waiting.
+  const FlushLatencies& flush_latencies() const { return flush_latencies_; }
 
  private:
   explicit Iommu(const IommuOptions& options);
@@ -192,12 +235,20 @@ class Iommu final {
   std::atomic<bool> reclaim_due_{false};  // see Domain::Environment
   std::vector<std::unique_ptr<InvalidationQueue>> units_;
   FaultLog faults_;
+  FlushLatencies flush_latencies_;
   Publisher<InvalidationEvent> invalidations_;
   DeviceTlbs device_tlbs_;
+
+  // Taken before mutex_. Held by AllDomainStats throughout, and by
+  // DestroyDomain from removing a domain until its counts are in
+  // destroyed_totals_, so a reading sees each domain live or destroyed.
+  mutable std::mutex totals_mutex_ ABSL_ACQUIRED_BEFORE(mutex_);
+  DomainTotals destroyed_totals_ ABSL_GUARDED_BY(totals_mutex_);
 
   mutable std::mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<Domain>> domains_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, std::shared_ptr<Device>> devices_ ABSL_GUARDED_BY(mutex_);
+
   std::vector<bool> requester_in_use_ ABSL_GUARDED_BY(mutex_);
   uint32_t next_requester_ ABSL_GUARDED_BY(mutex_) = 1;
 

@@ -4,6 +4,7 @@
 #ifndef IOMMU_BROKER_CORE_IOMMU_TYPES_H_
 #define IOMMU_BROKER_CORE_IOMMU_TYPES_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -33,6 +34,7 @@ enum class Policy {
   kFast,         // unmap queues invalidation (flush queue); bypass if allowed
   kPassthrough,  // IOVA = PA wherever the device's DMA mask reaches
 };
+inline constexpr size_t kPolicyCount = 3;
 absl::string_view PolicyName(Policy policy);  // "paranoid", "fast", "pt"
 absl::StatusOr<Policy> ParsePolicy(absl::string_view name);
 
@@ -97,6 +99,7 @@ enum class FaultReason {
   kNotMapped,
   kPermission,
 };
+inline constexpr size_t kFaultReasonCount = 5;
 absl::string_view FaultReasonName(FaultReason reason);
 
 struct Fault {
@@ -143,6 +146,9 @@ struct InvalidationEvent {
   uint64_t size = 0;           // kRange
   uint32_t requester = 0;      // kRequester
   std::string device_id = {};  // kRequester
+  // kRange, to device-side IOTLBs only: the range was unmapped under fast
+  // and this is the notice; its invalidation comes with the flush.
+  bool flush_pending = false;
 };
 
 // Counters of DMA-API misuse (the kernel's DMA-API debugging, as a service).
