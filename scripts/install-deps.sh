@@ -13,6 +13,7 @@ packages=(
   libbenchmark-dev
   libcli11-dev
   python3-grpcio python3-protobuf
+  prometheus  # prometheus + promtool: the dashboards/ tests
 )
 
 missing=()
