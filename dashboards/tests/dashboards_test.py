@@ -731,6 +731,30 @@ class DashboardQueriesTest(unittest.TestCase):
             self.fail(f"{len(failures)} problems with {checked} panel queries:\n" +
                       "\n".join(failures))
 
+    def test_the_brokers_metrics_pass_promtool_check_metrics(self):
+        status, body = http_get(f"http://{self.stack.metrics_address}/metrics")
+        self.assertEqual(status, 200)
+        if not PROMTOOL:
+            self.skipTest("promtool not found (Debian package prometheus)")
+        result = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True,
+                                text=True, timeout=COMMAND_TIMEOUT_SECONDS)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertEqual(result.stdout.strip() + result.stderr.strip(), "", "lint findings")
+
+    def test_every_metric_a_query_uses_is_exposed(self):
+        _, body = http_get(f"http://{self.stack.metrics_address}/metrics")
+        exposed = set(re.findall(r"^# TYPE (\S+) ", body, flags=re.MULTILINE))
+        self.assertIn("iommu_broker_flush_latency_seconds", exposed)
+        missing = set()
+        for _, _, dashboard in load_dashboards():
+            for panel in data_panels(dashboard):
+                for target in panel["targets"]:
+                    for name in re.findall(r"\biommu_broker_\w+", target["expr"]):
+                        family = re.sub(r"_(bucket|count|sum)$", "", name)
+                        if name not in exposed and family not in exposed:
+                            missing.add((dashboard["uid"], panel["title"], name))
+        self.assertFalse(missing, "queries use metrics the broker does not expose")
+
     def test_paranoid_never_served_a_stale_translation(self):
         reply = self.stack.query(
             "/api/v1/query", query='sum(iommu_broker_stale_translations_total{policy="paranoid"})')
