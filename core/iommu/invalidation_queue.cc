@@ -33,6 +33,18 @@ void CpuRelax() {
 #endif
 }
 
+// Takes `lock`'s mutex, trying briefly before sleeping on it: the queue's
+// critical sections last nanoseconds, while a futex sleep and wake-up on a
+// virtual machine costs microseconds (docs/PERFORMANCE.md).
+void LockSpinning(std::unique_lock<std::mutex>& lock) {
+  constexpr int kTries = 200;
+  for (int attempt = 0; attempt < kTries; ++attempt) {
+    if (lock.try_lock()) return;
+    CpuRelax();
+  }
+  lock.lock();
+}
+
 void Apply(const InvalidationDescriptor& descriptor) {
   if (descriptor.iotlb == nullptr) return;
   switch (descriptor.kind) {
@@ -57,7 +69,8 @@ InvalidationQueue::InvalidationQueue(InvalidationQueueOptions options)
 
 uint64_t InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> descriptors) {
   const auto start = std::chrono::steady_clock::now();
-  std::unique_lock<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+  LockSpinning(lock);
   if (combine_) {
     // Our descriptors ride in the open batch, which cannot have started yet.
     // Whoever finds the queue idle executes the open batch for everyone in it.
@@ -101,7 +114,7 @@ void InvalidationQueue::RunBatch(std::unique_lock<std::mutex>& lock,
   batch_sizes_.Record(batch.size());
   lock.unlock();
   const BatchResult result = Execute(batch, cost);
-  lock.lock();
+  LockSpinning(lock);
   completed_batch_number_ = number;
   completed_batches_.store(number, std::memory_order_release);
   executing_ = false;
@@ -118,7 +131,7 @@ void InvalidationQueue::GatherOthers(std::unique_lock<std::mutex>& lock) {
          std::chrono::steady_clock::now() < deadline) {
     CpuRelax();
   }
-  lock.lock();
+  LockSpinning(lock);
 }
 
 void InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock) {
@@ -129,7 +142,7 @@ void InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock) {
        ++spin) {
     CpuRelax();
   }
-  lock.lock();
+  LockSpinning(lock);
   if (executing_ && completed_batch_number_ == seen) batch_done_.wait(lock);
 }
 
