@@ -21,6 +21,7 @@
 namespace iommu_broker {
 namespace {
 
+using ::iommu_broker::testing::ExpectOk;
 using ::iommu_broker::testing::TestBroker;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -56,23 +57,13 @@ class BrokerMetricsTest : public ::testing::Test {
     broker_ = TestBroker::StartWithMetrics(config);
     ASSERT_NE(broker_, nullptr);
     ASSERT_GT(broker_->server().metrics_port(), 0);
-    v1::CreateDomainRequest domain;
-    domain.mutable_domain()->set_id("vm1");
-    domain.mutable_domain()->set_policy(v1::POLICY_PARANOID);
-    Expect(broker_->Call(&Stub::CreateDomain, domain));
-    v1::RegisterDeviceRequest device;
-    device.mutable_device()->set_id(kDevice);
-    Expect(broker_->Call(&Stub::RegisterDevice, device));
-    v1::AttachDeviceRequest attach;
-    attach.set_device_id(kDevice);
-    attach.set_domain_id("vm1");
-    Expect(broker_->Call(&Stub::AttachDevice, attach));
+    v1::DomainSpec domain;
+    domain.set_id("vm1");
+    domain.set_policy(v1::POLICY_PARANOID);
+    broker_->CreateDomainWithDevice(domain, kDevice);
   }
 
   using Stub = v1::IommuBroker::Stub;
-  static void Expect(const grpc::Status& status) {
-    EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
-  }
 
   v1::MapRequest MapOf(const std::string& device, uint64_t phys) {
     v1::MapRequest map;
@@ -94,14 +85,14 @@ class BrokerMetricsTest : public ::testing::Test {
   // an unknown device.
   void RunScenario() {
     v1::MapResponse mapped;
-    Expect(broker_->Call(&Stub::Map, MapOf(kDevice, 0x9000), &mapped));
-    Expect(broker_->Call(&Stub::Translate, TranslateOf(mapped.iova())));
+    ExpectOk(broker_->Call(&Stub::Map, MapOf(kDevice, 0x9000), &mapped));
+    ExpectOk(broker_->Call(&Stub::Translate, TranslateOf(mapped.iova())));
     v1::UnmapRequest unmap;
     unmap.set_device_id(kDevice);
     unmap.set_iova(mapped.iova());
     unmap.set_size(0x1000);
-    Expect(broker_->Call(&Stub::Unmap, unmap));
-    Expect(broker_->Call(&Stub::Translate, TranslateOf(mapped.iova())));  // faults: not mapped
+    ExpectOk(broker_->Call(&Stub::Unmap, unmap));
+    ExpectOk(broker_->Call(&Stub::Translate, TranslateOf(mapped.iova())));  // faults: not mapped
     EXPECT_EQ(broker_->Call(&Stub::Map, MapOf("0000:99:00.0", 0x9000)).error_code(),
               grpc::StatusCode::NOT_FOUND);
   }
@@ -145,7 +136,7 @@ TEST_F(BrokerMetricsTest, CountsOperationsFlushesFaultsAndRpcs) {
 
 TEST_F(BrokerMetricsTest, TheDomainLabelSplitsDomainScopedSeries) {
   Start(/*domain_label=*/true);
-  Expect(broker_->Call(&Stub::Map, MapOf(kDevice, 0x9000)));
+  ExpectOk(broker_->Call(&Stub::Map, MapOf(kDevice, 0x9000)));
   const std::string metrics = Metrics();
   EXPECT_THAT(metrics, HasSubstr(R"(iommu_broker_live_mappings{domain="vm1",policy="paranoid"} 1)"));
   EXPECT_THAT(metrics, HasSubstr(
@@ -161,7 +152,7 @@ TEST_F(BrokerMetricsTest, CountersKeepADestroyedDomainsCounts) {
   v1::DestroyDomainRequest destroy;
   destroy.set_domain_id("vm1");
   destroy.set_force(true);
-  Expect(broker_->Call(&Stub::DestroyDomain, destroy));
+  ExpectOk(broker_->Call(&Stub::DestroyDomain, destroy));
   const std::string metrics = Metrics();
   EXPECT_THAT(metrics, HasSubstr(R"(iommu_broker_domains{policy="paranoid"} 0)"));
   EXPECT_THAT(metrics, HasSubstr(R"(iommu_broker_iotlb_lookups_total{policy="paranoid",result="miss"} 2)"));

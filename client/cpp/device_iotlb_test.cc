@@ -22,6 +22,7 @@
 namespace iommu_broker::client {
 namespace {
 
+using ::iommu_broker::testing::ExpectOk;
 using ::iommu_broker::testing::TestBroker;
 
 constexpr char kDomain[] = "vm1";
@@ -33,18 +34,11 @@ class DeviceIotlbTest : public ::testing::Test {
   void Start(v1::Policy policy, v1::BrokerConfig config = {}) {
     broker_ = TestBroker::Start(config);
     ASSERT_NE(broker_, nullptr);
-    v1::CreateDomainRequest domain;
-    domain.mutable_domain()->set_id(kDomain);
-    domain.mutable_domain()->set_policy(policy);
-    domain.mutable_domain()->mutable_flush_queue_timeout()->set_seconds(10);
-    Expect(broker_->Call(&Stub::CreateDomain, domain));
-    v1::RegisterDeviceRequest device;
-    device.mutable_device()->set_id(kDevice);
-    Expect(broker_->Call(&Stub::RegisterDevice, device));
-    v1::AttachDeviceRequest attach;
-    attach.set_device_id(kDevice);
-    attach.set_domain_id(kDomain);
-    Expect(broker_->Call(&Stub::AttachDevice, attach));
+    v1::DomainSpec domain;
+    domain.set_id(kDomain);
+    domain.set_policy(policy);
+    domain.mutable_flush_queue_timeout()->set_seconds(10);
+    broker_->CreateDomainWithDevice(domain, kDevice);
     absl::StatusOr<std::unique_ptr<DeviceIotlb>> iotlb =
         DeviceIotlb::Link(broker_->channel(), {.device_id = kDevice});
     ASSERT_TRUE(iotlb.ok()) << iotlb.status();
@@ -52,9 +46,6 @@ class DeviceIotlbTest : public ::testing::Test {
   }
 
   using Stub = v1::IommuBroker::Stub;
-  static void Expect(const grpc::Status& status) {
-    EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
-  }
 
   void MapAt(uint64_t iova, uint64_t phys, uint64_t size, bool write = true) {
     v1::MapRequest map;
@@ -64,14 +55,14 @@ class DeviceIotlbTest : public ::testing::Test {
     map.set_size(size);
     map.mutable_permissions()->set_read(true);
     map.mutable_permissions()->set_write(write);
-    Expect(broker_->Call(&Stub::Map, map));
+    ExpectOk(broker_->Call(&Stub::Map, map));
   }
   void Unmap(uint64_t iova, uint64_t size) {
     v1::UnmapRequest unmap;
     unmap.set_device_id(kDevice);
     unmap.set_iova(iova);
     unmap.set_size(size);
-    Expect(broker_->Call(&Stub::Unmap, unmap));
+    ExpectOk(broker_->Call(&Stub::Unmap, unmap));
   }
   v1::TranslateResponse Dma(uint64_t iova, uint64_t size, DmaAccess access = DmaAccess::kRead) {
     absl::StatusOr<v1::TranslateResponse> result = iotlb_->Translate(iova, size, access);
@@ -82,7 +73,7 @@ class DeviceIotlbTest : public ::testing::Test {
   void FlushDomain() {
     v1::FlushRequest flush;
     flush.set_domain_id(kDomain);
-    Expect(broker_->Call(&Stub::Flush, flush));
+    ExpectOk(broker_->Call(&Stub::Flush, flush));
   }
   // Fast sends without waiting for the cache, so tests that need what was
   // sent applied wait for the cache's count. (Bounded only so a bug cannot

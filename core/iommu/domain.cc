@@ -702,11 +702,17 @@ void Domain::SetPolicy(Policy policy) {
 
 void Domain::AttributeLookups(Policy ended) {
   std::lock_guard<std::mutex> lock(lookups_mutex_);
-  const IotlbStats now = iotlb_->Stats();
-  IotlbLookups& to = attributed_lookups_[static_cast<size_t>(ended)];
-  to.hits += now.hits - attributed_total_.hits;
-  to.misses += now.misses - attributed_total_.misses;
-  attributed_total_ = {.hits = now.hits, .misses = now.misses};
+  AddUnattributedLookups(iotlb_->Stats(), attributed_lookups_[static_cast<size_t>(ended)]);
+}
+
+void Domain::AddUnattributedLookups(const IotlbStats& now, IotlbLookups& to) const {
+  IotlbLookups attributed;
+  for (const IotlbLookups& lookups : attributed_lookups_) {
+    attributed.hits += lookups.hits;
+    attributed.misses += lookups.misses;
+  }
+  to.hits += now.hits - attributed.hits;
+  to.misses += now.misses - attributed.misses;
 }
 
 void Domain::Flush(FlushKind kind) { flush_queue_.Flush(kind); }
@@ -756,9 +762,8 @@ DomainStats Domain::Stats() const {
     std::lock_guard<std::mutex> lock(lookups_mutex_);
     stats.iotlb = iotlb_->Stats();
     stats.iotlb_by_policy = attributed_lookups_;
-    IotlbLookups& current = stats.iotlb_by_policy[static_cast<size_t>(stats.policy)];
-    current.hits += stats.iotlb.hits - attributed_total_.hits;
-    current.misses += stats.iotlb.misses - attributed_total_.misses;
+    AddUnattributedLookups(stats.iotlb,
+                           stats.iotlb_by_policy[static_cast<size_t>(stats.policy)]);
   }
   stats.flush_queue = flush_queue_.Stats();
   stats.iova = allocator_->Stats();

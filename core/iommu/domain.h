@@ -229,6 +229,9 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   void RecordFlush(Policy policy, FlushKind kind, uint64_t waited_nanos);
   // Attributes the lookups since the last policy change to `ended`.
   void AttributeLookups(Policy ended);
+  // Adds to `to` the lookups in `now` that no policy has been given yet.
+  void AddUnattributedLookups(const IotlbStats& now, IotlbLookups& to) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lookups_mutex_);
   // After their invalidation: tells subscribers and device-side IOTLBs,
   // then frees the IOVAs; with `await_device_tlbs`, only once the IOTLBs
   // acknowledged (the returned completion, null if none is linked).
@@ -276,10 +279,9 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   DmaDebugCounters debug_;
   PerThread<Counts> counts_;
   // IOTLB lookups attributed to the policies the domain had before its
-  // current one, and the total attributed so far.
+  // current one (at each change, everything not attributed yet).
   mutable std::mutex lookups_mutex_;
   std::array<IotlbLookups, kPolicyCount> attributed_lookups_ ABSL_GUARDED_BY(lookups_mutex_);
-  IotlbLookups attributed_total_ ABSL_GUARDED_BY(lookups_mutex_);
   std::atomic<uint64_t> faults_count_{0};
   std::atomic<int64_t> last_shrink_second_{0};
 };

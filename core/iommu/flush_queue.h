@@ -5,7 +5,7 @@
 // `timeout` (FlushExpired, driven by a timer), or on Flush(). Each batch's
 // wait is recorded in `latencies` (fast policy, by what triggered it).
 //
-//   FlushQueue fq(options, iotlb, invalidation_queue, pending,
+//   FlushQueue fq(options, iotlb, invalidation_queue, pending, &latencies,
 //                 [&](absl::Span<const PageTable::Removed> done) { ...free IOVAs... });
 //   {
 //     FlushQueue::Unmapping unmapping(fq);   // before the unmap clears a PTE

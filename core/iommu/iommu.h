@@ -248,7 +248,6 @@ class Iommu final {
   mutable std::mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<Domain>> domains_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, std::shared_ptr<Device>> devices_ ABSL_GUARDED_BY(mutex_);
-
   std::vector<bool> requester_in_use_ ABSL_GUARDED_BY(mutex_);
   uint32_t next_requester_ ABSL_GUARDED_BY(mutex_) = 1;
 

@@ -48,6 +48,11 @@ inline std::unique_ptr<grpc::ClientContext> ContextWithDeadline() {
   return context;
 }
 
+// A test failure naming the code and message unless `status` is OK.
+inline void ExpectOk(const grpc::Status& status) {
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+}
+
 class TestBroker final {
  public:
   // Starts a broker from `config` on 127.0.0.1:0 with metrics disabled (the
@@ -84,6 +89,23 @@ class TestBroker final {
     Response ignored;
     std::unique_ptr<grpc::ClientContext> context = ContextWithDeadline();
     return (stub().*method)(context.get(), request, response ? response : &ignored);
+  }
+
+  // Creates `domain` and registers `device_id` attached to it; a test
+  // failure for each call the broker refuses.
+  void CreateDomainWithDevice(const v1::DomainSpec& domain, const std::string& device_id) {
+    v1::CreateDomainRequest create;
+    *create.mutable_domain() = domain;
+    v1::RegisterDeviceRequest device;
+    device.mutable_device()->set_id(device_id);
+    v1::AttachDeviceRequest attach;
+    attach.set_device_id(device_id);
+    attach.set_domain_id(domain.id());
+    for (const grpc::Status& status : {Call(&v1::IommuBroker::Stub::CreateDomain, create),
+                                       Call(&v1::IommuBroker::Stub::RegisterDevice, device),
+                                       Call(&v1::IommuBroker::Stub::AttachDevice, attach)}) {
+      ExpectOk(status);
+    }
   }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   std::string target() const { return absl::StrCat("127.0.0.1:", server_->port()); }
