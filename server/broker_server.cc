@@ -14,6 +14,24 @@
 #include "server/convert.h"
 
 namespace iommu_broker {
+namespace {
+
+// Builds and starts `builder`, listening on `address`; `*port` is the TCP
+// port bound (0 for a unix: address).
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartListening(grpc::ServerBuilder& builder,
+                                                             absl::string_view what,
+                                                             const std::string& address,
+                                                             int* port) {
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) {
+    return absl::UnavailableError(absl::StrCat(what, " ", address, " cannot be bound"));
+  }
+  if (absl::StartsWith(address, "unix:")) *port = 0;
+  return server;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Start(const v1::BrokerConfig& config,
                                                                   Logger& log) {
@@ -34,6 +52,8 @@ absl::StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Start(const v1::Brok
     return status;
   }
   if (absl::Status status = server->StartGrpc(config, *limits); !status.ok()) return status;
+  if (absl::Status status = server->StartHealthListener(config); !status.ok()) return status;
+  server->SetServing(true);
   return server;
 }
 
@@ -91,7 +111,6 @@ absl::Status BrokerServer::StartGrpc(const v1::BrokerConfig& config, const Servi
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   listen_address_ = ListenAddress(config);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen_address_, grpc::InsecureServerCredentials(), &port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(MaxMessageBytes(config)));
   builder.SetMaxSendMessageSize(static_cast<int>(MaxMessageBytes(config)));
   builder.RegisterService(service_.get());
@@ -99,27 +118,47 @@ absl::Status BrokerServer::StartGrpc(const v1::BrokerConfig& config, const Servi
   if (metrics_ != nullptr) {
     builder.experimental().SetInterceptorCreators(rpc_metrics_->InterceptorFactories());
   }
-  server_ = builder.BuildAndStart();
-  if (server_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("listen address ", listen_address_, " cannot be bound"));
-  }
-  if (absl::StartsWith(listen_address_, "unix:")) port_ = 0;
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  health->SetServingStatus(std::string(kServiceName), true);
-  health->SetServingStatus(true);
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
+      StartListening(builder, "listen address", listen_address_, &port_);
+  if (!server.ok()) return server.status();
+  server_ = *std::move(server);
   log_->Info("serving", {{"address", listen_address_}, {"port", port_},
                          {"max_batch_operations", limits.max_batch_operations},
                          {"max_concurrent_streams", limits.max_concurrent_streams}});
   return absl::OkStatus();
 }
 
+absl::Status BrokerServer::StartHealthListener(const v1::BrokerConfig& config) {
+  const std::string& address = config.health_listen_address();
+  if (address.empty()) return absl::OkStatus();
+  // Nothing registered: the builder adds only the default health service
+  // (and the reflection plugin, which then describes just that).
+  grpc::ServerBuilder builder;
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
+      StartListening(builder, "health listen address", address, &health_port_);
+  if (!server.ok()) return server.status();
+  health_server_ = *std::move(server);
+  log_->Info("health_listening", {{"address", address}, {"port", health_port_}});
+  return absl::OkStatus();
+}
+
+void BrokerServer::SetServing(bool serving) {
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+    health->SetServingStatus(std::string(kServiceName), serving);
+    health->SetServingStatus(serving);
+  }
+}
+
 void BrokerServer::Shutdown(absl::Duration grace) {
   std::call_once(shutdown_once_, [&] {
     log_->Info("draining", {{"grace_period", absl::FormatDuration(grace)}});
-    server_->GetHealthCheckService()->SetServingStatus(false);
+    SetServing(false);
     service_->Drain();
     server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(grace));
+    // Last, so that probes see NOT_SERVING for as long as the broker drains.
+    if (health_server_ != nullptr) health_server_->Shutdown();
     for (const std::string& id : iommu_->DomainIds()) iommu_->Flush(id).IgnoreError();
     log_->Info("stopped");
   });

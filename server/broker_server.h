@@ -1,8 +1,10 @@
 // BrokerServer is a running broker: the engine built from a BrokerConfig,
 // its start-up domains and devices, the gRPC server (IommuBroker, the
 // grpc.health.v1 health service and server reflection, every call counted
-// by an interceptor) and the Prometheus exposer (BrokerMetrics). iommu-brokerd is a BrokerServer plus flags and signals; tests
-// start one in-process on an ephemeral port ("127.0.0.1:0").
+// by an interceptor), an optional health-only listener for probes, and the
+// Prometheus exposer (BrokerMetrics). iommu-brokerd is a BrokerServer plus
+// flags and signals; tests start one in-process on an ephemeral port
+// ("127.0.0.1:0").
 //
 //   auto server = BrokerServer::Start(config, logger);
 //   ... (*server)->port() ...
@@ -47,6 +49,9 @@ class BrokerServer final {
   // The metrics port bound (0 when metrics are off).
   int metrics_port() const { return metrics_port_; }
   const std::string& listen_address() const { return listen_address_; }
+  // The health-only listener's TCP port (0 when there is none or it is a
+  // unix: address).
+  int health_port() const { return health_port_; }
   Iommu& iommu() { return *iommu_; }
 
   // Graceful stop: health NOT_SERVING, streams drained, in-flight calls
@@ -61,17 +66,23 @@ class BrokerServer final {
   absl::Status CreateStartupObjects(const v1::BrokerConfig& config);
   absl::Status StartGrpc(const v1::BrokerConfig& config, const ServiceLimits& limits);
   absl::Status StartMetrics(const v1::BrokerConfig& config);
+  absl::Status StartHealthListener(const v1::BrokerConfig& config);
+  // On every listener's health service: the overall status and the
+  // broker service's.
+  void SetServing(bool serving);
 
   Logger* log_ = nullptr;
   std::unique_ptr<Iommu> iommu_;
   std::unique_ptr<BrokerService> service_;
   std::shared_ptr<RpcMetrics> rpc_metrics_ = std::make_shared<RpcMetrics>();
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // null without health_listen_address
   std::shared_ptr<BrokerMetrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::string listen_address_;
   int port_ = 0;
   int metrics_port_ = 0;
+  int health_port_ = 0;
   std::once_flag shutdown_once_;
 };
 

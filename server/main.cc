@@ -32,6 +32,10 @@ ABSL_FLAG(std::optional<std::string>, listen, std::nullopt,
 ABSL_FLAG(std::optional<std::string>, metrics_listen, std::nullopt,
           "Prometheus /metrics listen address (host:port), or \"none\" (default "
           "127.0.0.1:9464).");
+ABSL_FLAG(std::optional<std::string>, health_listen, std::nullopt,
+          "An extra listener serving only the grpc.health.v1 health service (host:port or "
+          "unix:/path), for probes that cannot reach --listen; \"none\" disables it (default "
+          "none).");
 ABSL_FLAG(std::optional<bool>, metrics_domain_label, std::nullopt,
           "Add a domain label to the domain-scoped metrics (default false: with many domains "
           "it multiplies the series).");
@@ -80,6 +84,9 @@ absl::StatusOr<v1::BrokerConfig> ConfigFromFlags() {
   }
   if (auto value = absl::GetFlag(FLAGS_listen)) config.set_listen_address(*value);
   if (auto value = absl::GetFlag(FLAGS_metrics_listen)) config.set_metrics_listen_address(*value);
+  if (auto value = absl::GetFlag(FLAGS_health_listen)) {
+    config.set_health_listen_address(*value == "none" ? "" : *value);
+  }
   if (auto value = absl::GetFlag(FLAGS_metrics_domain_label)) {
     config.set_metrics_domain_label(*value);
   }

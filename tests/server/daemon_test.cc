@@ -186,6 +186,58 @@ TEST_F(DaemonTest, SecondSigtermDuringGracePeriodExitsAtOnce) {
   stream->Finish();  // CANCELLED or UNAVAILABLE: the daemon is gone
 }
 
+TEST_F(DaemonTest, HealthListenerServesOnlyHealthAndFollowsTheDrain) {
+  const std::string health_address = absl::StrCat("unix:", dir_.path(), "/health.sock");
+  ChildProcess daemon(
+      dir_.path(), "brokerd",
+      Brokerd(ServeFlags({absl::StrCat("--config=", DeployConfigPath()),
+                          absl::StrCat("--health_listen=", health_address),
+                          "--shutdown_grace_period=10m"})));
+  ASSERT_TRUE(daemon.started()) << "posix_spawn: " << daemon.spawn_error();
+  std::shared_ptr<grpc::Channel> channel = Connect();
+  ASSERT_TRUE(Serving(channel, daemon));
+  std::shared_ptr<grpc::Channel> health =
+      grpc::CreateChannel(health_address, grpc::InsecureChannelCredentials());
+  for (const std::string service : {"", "iommu_broker.v1.IommuBroker"}) {
+    absl::StatusOr<ServingStatus> status = client::CheckHealth(health, service, absl::Seconds(30));
+    ASSERT_TRUE(status.ok()) << "service \"" << service << "\": " << status.status();
+    EXPECT_EQ(*status, ServingStatus::kServing) << "service \"" << service << "\"";
+  }
+
+  // The broker's API is not served there.
+  {
+    std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(health);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::ListDomainsResponse response;
+    EXPECT_EQ(stub->ListDomains(&context, v1::ListDomainsRequest(), &response).error_code(),
+              grpc::StatusCode::UNIMPLEMENTED);
+  }
+
+  // An open Batch stream holds the drain; meanwhile probes see NOT_SERVING.
+  std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(channel);
+  grpc::ClientContext context;
+  auto stream = stub->Batch(&context);
+  v1::BatchRequest request;
+  request.add_operations()->mutable_flush()->set_domain_id("fast");
+  ASSERT_TRUE(stream->Write(request));
+  v1::BatchResponse response;
+  ASSERT_TRUE(stream->Read(&response)) << "the Batch stream did not answer";
+  ASSERT_TRUE(daemon.Signal(SIGTERM));
+  ASSERT_TRUE(daemon.WaitForStderr("event=draining")) << daemon.Stderr();
+  absl::StatusOr<ServingStatus> draining =
+      client::CheckHealth(health, "iommu_broker.v1.IommuBroker", absl::Seconds(30));
+  ASSERT_TRUE(draining.ok()) << draining.status();
+  EXPECT_EQ(*draining, ServingStatus::kNotServing);
+
+  stream->WritesDone();
+  stream->Finish();
+  const std::optional<int> exit_status = daemon.WaitForExit();
+  EXPECT_EQ(ExitCodeOf(exit_status), 0) << DescribeWaitStatus(exit_status) << "\n"
+                                        << daemon.Stderr();
+  EXPECT_THAT(daemon.Stderr(), HasSubstr("event=health_listening"));
+}
+
 TEST_F(DaemonTest, BadFlagValueExitsWithStatus2NamingTheField) {
   const std::string log = RunRefused(ServeFlags({"--max_batch_operations=0"}), 2);
   EXPECT_THAT(log, HasSubstr("max_batch_operations"));
