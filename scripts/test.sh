@@ -5,8 +5,21 @@
 #   build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer: all tests
 #   build-tsan/  ThreadSanitizer: the tests labelled `concurrency`
 # Exits non-zero if anything fails. IOMMU_TEST_JOBS sets build parallelism.
+# Arguments name the trees to build and test (default: all of them), e.g.
+# `bash scripts/test.sh normal` as the container image's build does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+all_trees=(normal asan tsan)
+trees=("$@")
+if ((${#trees[@]} == 0)); then trees=("${all_trees[@]}"); fi
+for tree in "${trees[@]}"; do
+  if [[ " ${all_trees[*]} " != *" $tree "* ]]; then
+    echo "test.sh: unknown tree '$tree' (trees: ${all_trees[*]})" >&2
+    exit 2
+  fi
+done
+wants() { [[ " ${trees[*]} " == *" $1 "* ]]; }
 
 bash scripts/install-deps.sh
 
@@ -34,16 +47,22 @@ run_ctest() {
 # link.
 debug_lines=(-DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG")
 
-echo "=== normal build: all tests ==="
-configure_and_build build "${debug_lines[@]}"
-run_ctest build
+if wants normal; then
+  echo "=== normal build: all tests ==="
+  configure_and_build build "${debug_lines[@]}"
+  run_ctest build
+fi
 
-echo "=== AddressSanitizer + UBSan build: all tests ==="
-configure_and_build build-asan "${debug_lines[@]}" -DIOMMU_SANITIZE=address \
-  -DIOMMU_BUILD_BENCHMARKS=OFF
-run_ctest build-asan
+if wants asan; then
+  echo "=== AddressSanitizer + UBSan build: all tests ==="
+  configure_and_build build-asan "${debug_lines[@]}" -DIOMMU_SANITIZE=address \
+    -DIOMMU_BUILD_BENCHMARKS=OFF
+  run_ctest build-asan
+fi
 
-echo "=== ThreadSanitizer build: concurrency tests ==="
-configure_and_build build-tsan "${debug_lines[@]}" -DIOMMU_SANITIZE=thread \
-  -DIOMMU_BUILD_BENCHMARKS=OFF -DIOMMU_BUILD_SERVER=OFF
-run_ctest build-tsan -L concurrency
+if wants tsan; then
+  echo "=== ThreadSanitizer build: concurrency tests ==="
+  configure_and_build build-tsan "${debug_lines[@]}" -DIOMMU_SANITIZE=thread \
+    -DIOMMU_BUILD_BENCHMARKS=OFF -DIOMMU_BUILD_SERVER=OFF
+  run_ctest build-tsan -L concurrency
+fi
