@@ -282,25 +282,22 @@ class DeployLintTest(unittest.TestCase):
     def test_kubernetes_manifests_match_the_schemas(self):
         self.assert_succeeds([NODE, VALIDATOR, KUBERNETES_DIR])
 
-    def test_kubernetes_check_fails_on_a_wrong_type(self):
-        broken = self.broken_copy(KUBERNETES_DIR, "containerPort: 9464", "containerPort: metrics")
-        self.assert_fails([NODE, VALIDATOR, broken], "containerPort must be integer")
-
-    def test_kubernetes_check_fails_on_an_unknown_field(self):
-        broken = self.broken_copy(KUBERNETES_DIR, "readinessProbe:", "readinesProbe:")
-        self.assert_fails([NODE, VALIDATOR, broken], "unknown field /spec/template/spec/containers/0/readinesProbe")
-
-    def test_kubernetes_check_fails_on_a_missing_config_file(self):
-        broken = self.broken_copy(KUBERNETES_DIR, "      - iommu-brokerd.textproto", "      - missing.textproto")
-        self.assert_fails([NODE, VALIDATOR, broken], "missing.textproto does not exist")
-
-    def test_kubernetes_check_fails_on_a_dangling_port_name(self):
-        broken = self.broken_copy(KUBERNETES_DIR, "targetPort: metrics", "targetPort: prometheus")
-        self.assert_fails([NODE, VALIDATOR, broken], "targetPort prometheus names no container port")
-
-    def test_kubernetes_check_fails_on_a_bad_pod_monitor(self):
-        broken = self.broken_copy(KUBERNETES_DIR, "    - port: metrics", "    - prot: metrics")
-        self.assert_fails([NODE, VALIDATOR, broken], "unknown field /spec/podMetricsEndpoints/0/prot")
+    def test_kubernetes_check_fails_on_broken_manifests(self):
+        cases = [
+            # (what is broken, replaced, by, the error expected)
+            ("a wrong type", "containerPort: 9464", "containerPort: metrics", "containerPort must be integer"),
+            ("an unknown field", "readinessProbe:", "readinesProbe:",
+             "unknown field /spec/template/spec/containers/0/readinesProbe"),
+            ("a missing config file", "      - iommu-brokerd.textproto", "      - missing.textproto",
+             "missing.textproto does not exist"),
+            ("a dangling port name", "targetPort: metrics", "targetPort: prometheus",
+             "targetPort prometheus names no container port"),
+            ("a bad PodMonitor", "    - port: metrics", "    - prot: metrics",
+             "unknown field /spec/podMetricsEndpoints/0/prot"),
+        ]
+        for what, old, new, expected in cases:
+            with self.subTest(what):
+                self.assert_fails([NODE, VALIDATOR, self.broken_copy(KUBERNETES_DIR, old, new)], expected)
 
     # systemd ----------------------------------------------------------------------
 

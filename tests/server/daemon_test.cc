@@ -63,6 +63,26 @@ std::vector<std::string> Brokerd(const std::vector<std::string>& flags) {
          << daemon.Stderr();
 }
 
+// A Batch stream that has run one flush and stays open: it holds a drain
+// until its next message (an idle Batch stream ends only then).
+struct OpenBatchStream {
+  std::unique_ptr<v1::IommuBroker::Stub> stub;
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::BatchRequest, v1::BatchResponse>> stream;
+};
+
+void OpenBatch(const std::shared_ptr<grpc::Channel>& channel, OpenBatchStream* open) {
+  open->stub = v1::IommuBroker::NewStub(channel);
+  open->stream = open->stub->Batch(&open->context);
+  v1::BatchRequest request;
+  request.add_operations()->mutable_flush()->set_domain_id("fast");
+  ASSERT_TRUE(open->stream->Write(request));
+  v1::BatchResponse response;
+  ASSERT_TRUE(open->stream->Read(&response)) << "the Batch stream did not answer";
+  ASSERT_EQ(response.results_size(), 1);
+  EXPECT_EQ(response.results(0).status().code(), 0) << response.results(0).status().message();
+}
+
 class DaemonTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -157,17 +177,8 @@ TEST_F(DaemonTest, SecondSigtermDuringGracePeriodExitsAtOnce) {
   ASSERT_TRUE(daemon.started()) << "posix_spawn: " << daemon.spawn_error();
   std::shared_ptr<grpc::Channel> channel = Connect();
   ASSERT_TRUE(Serving(channel, daemon));
-
-  std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(channel);
-  grpc::ClientContext context;
-  auto stream = stub->Batch(&context);
-  v1::BatchRequest request;
-  request.add_operations()->mutable_flush()->set_domain_id("fast");
-  ASSERT_TRUE(stream->Write(request));
-  v1::BatchResponse response;
-  ASSERT_TRUE(stream->Read(&response)) << "the Batch stream did not answer";
-  ASSERT_EQ(response.results_size(), 1);
-  EXPECT_EQ(response.results(0).status().code(), 0) << response.results(0).status().message();
+  OpenBatchStream batch;
+  ASSERT_NO_FATAL_FAILURE(OpenBatch(channel, &batch));
 
   ASSERT_TRUE(daemon.Signal(SIGTERM));
   ASSERT_TRUE(daemon.WaitForStderr("event=draining")) << daemon.Stderr();
@@ -182,8 +193,8 @@ TEST_F(DaemonTest, SecondSigtermDuringGracePeriodExitsAtOnce) {
   EXPECT_EQ(ExitCodeOf(exit_status), 128 + SIGTERM) << DescribeWaitStatus(exit_status);
   EXPECT_THAT(log, Not(HasSubstr("event=stopped")));
 
-  context.TryCancel();
-  stream->Finish();  // CANCELLED or UNAVAILABLE: the daemon is gone
+  batch.context.TryCancel();
+  batch.stream->Finish();  // CANCELLED or UNAVAILABLE: the daemon is gone
 }
 
 TEST_F(DaemonTest, HealthListenerServesOnlyHealthAndFollowsTheDrain) {
@@ -215,14 +226,8 @@ TEST_F(DaemonTest, HealthListenerServesOnlyHealthAndFollowsTheDrain) {
   }
 
   // An open Batch stream holds the drain; meanwhile probes see NOT_SERVING.
-  std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(channel);
-  grpc::ClientContext context;
-  auto stream = stub->Batch(&context);
-  v1::BatchRequest request;
-  request.add_operations()->mutable_flush()->set_domain_id("fast");
-  ASSERT_TRUE(stream->Write(request));
-  v1::BatchResponse response;
-  ASSERT_TRUE(stream->Read(&response)) << "the Batch stream did not answer";
+  OpenBatchStream batch;
+  ASSERT_NO_FATAL_FAILURE(OpenBatch(channel, &batch));
   ASSERT_TRUE(daemon.Signal(SIGTERM));
   ASSERT_TRUE(daemon.WaitForStderr("event=draining")) << daemon.Stderr();
   absl::StatusOr<ServingStatus> draining =
@@ -230,8 +235,8 @@ TEST_F(DaemonTest, HealthListenerServesOnlyHealthAndFollowsTheDrain) {
   ASSERT_TRUE(draining.ok()) << draining.status();
   EXPECT_EQ(*draining, ServingStatus::kNotServing);
 
-  stream->WritesDone();
-  stream->Finish();
+  batch.stream->WritesDone();
+  batch.stream->Finish();
   const std::optional<int> exit_status = daemon.WaitForExit();
   EXPECT_EQ(ExitCodeOf(exit_status), 0) << DescribeWaitStatus(exit_status) << "\n"
                                         << daemon.Stderr();
