@@ -4,16 +4,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/data_path.h"
+#include "server/status.h"
 
 namespace iommu_broker {
 
 BatchReactor::BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations,
-                           StreamLimit& streams, const std::atomic<bool>& draining)
+                           StreamLimit& streams, const std::atomic<bool>& draining, Caller caller)
     : iommu_(iommu),
       metrics_(metrics),
       max_operations_(max_operations),
       streams_(streams),
-      draining_(draining) {
+      draining_(draining),
+      caller_(std::move(caller)) {
   StartRead(&request_);
 }
 
@@ -37,7 +39,12 @@ void BatchReactor::OnReadDone(bool ok) {
   response_.Clear();
   DataPath data_path(iommu_, metrics_);
   for (const v1::Operation& operation : request_.operations()) {
-    data_path.Run(operation, response_.add_results());
+    v1::OperationResult* result = response_.add_results();
+    if (absl::Status permitted = caller_.PermitOperation(iommu_, operation); !permitted.ok()) {
+      ToOperationStatus(permitted, result->mutable_status());
+      continue;
+    }
+    data_path.Run(operation, result);
   }
   // Paranoid unmaps with device-side IOTLBs linked: the results go out
   // once the caches dropped what the unmaps removed.

@@ -3,7 +3,8 @@
 // and reads the next, reusing one request and one response buffer for the
 // stream's life. A message above the operation limit ends the stream with
 // RESOURCE_EXHAUSTED; once the broker drains, the next message ends it with
-// UNAVAILABLE without running it.
+// UNAVAILABLE without running it. An operation on a device or domain the
+// caller may not use fails alone, PERMISSION_DENIED.
 //
 // Created by BrokerService::Batch; gRPC owns it until OnDone, which deletes
 // it and returns its stream slot.
@@ -18,6 +19,7 @@
 #include "core/iommu/iommu.h"
 #include "grpcpp/support/server_callback.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
+#include "server/access_control.h"
 #include "server/operation_metrics.h"
 #include "server/stream_limit.h"
 
@@ -28,7 +30,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   // `slot` was acquired from `streams` for this stream; `draining` and the
   // rest outlive it.
   BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations,
-               StreamLimit& streams, const std::atomic<bool>& draining);
+               StreamLimit& streams, const std::atomic<bool>& draining, Caller caller);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -40,6 +42,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   const size_t max_operations_;
   StreamLimit& streams_;
   const std::atomic<bool>& draining_;
+  const Caller caller_;  // each operation is checked against it
   v1::BatchRequest request_;
   v1::BatchResponse response_;
 };

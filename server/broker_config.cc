@@ -9,7 +9,9 @@
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
+#include "server/access_policy.h"
 #include "server/convert.h"
+#include "server/tls_files.h"
 
 namespace iommu_broker {
 namespace {
@@ -169,6 +171,34 @@ std::string MetricsListenAddress(const v1::BrokerConfig& config) {
   if (config.metrics_listen_address() == "none") return "";
   return config.metrics_listen_address().empty() ? std::string(kDefaultMetricsListenAddress)
                                                  : config.metrics_listen_address();
+}
+
+bool IsLocalAddress(absl::string_view address) {
+  if (absl::StartsWith(address, "unix:")) return true;
+  const size_t colon = address.rfind(':');
+  const absl::string_view host = colon == absl::string_view::npos ? "" : address.substr(0, colon);
+  return host == "localhost" || host == "[::1]" || absl::StartsWith(host, "127.");
+}
+
+absl::Status CheckSecurity(const v1::BrokerConfig& config) {
+  absl::StatusOr<AccessPolicy> policy = AccessPolicy::Create(config.auth());
+  if (!policy.ok()) return policy.status();
+  if (absl::Status status = CheckTlsFiles(config.tls()); !status.ok()) return status;
+  for (int i = 0; i < config.auth().identities_size(); ++i) {
+    if (!config.auth().identities(i).certificate_san().empty() &&
+        config.tls().client_ca_file().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "auth.identities[", i, "].certificate_san needs tls.client_ca_file to verify it"));
+    }
+  }
+  const std::string listen = ListenAddress(config);
+  if (!IsLocalAddress(listen) && !(policy->enabled() && TlsEnabled(config.tls()))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "listen address ", listen,
+        " reaches beyond this host: serve it with auth identities and tls, or listen on "
+        "loopback or a unix: socket"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace iommu_broker

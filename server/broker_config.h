@@ -40,6 +40,16 @@ std::string ListenAddress(const v1::BrokerConfig& config);
 // Empty when metrics are disabled ("none").
 std::string MetricsListenAddress(const v1::BrokerConfig& config);
 
+// Whether `address` (host:port or unix:/path) reaches only this host: a
+// Unix socket, localhost, 127.0.0.0/8 or [::1].
+bool IsLocalAddress(absl::string_view address);
+// The config's auth, TLS and listeners fit together: identities valid,
+// TLS files usable, certificate identities only with a client CA, and a
+// listen address beyond this host only with identities and TLS (tokens
+// and data must not cross a network in the clear, and without identities
+// anyone who can connect may do anything).
+absl::Status CheckSecurity(const v1::BrokerConfig& config);
+
 }  // namespace iommu_broker
 
 #endif  // IOMMU_BROKER_SERVER_BROKER_CONFIG_H_

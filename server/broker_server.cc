@@ -8,21 +8,22 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "grpcpp/server_builder.h"
 #include "server/broker_config.h"
 #include "server/broker_metrics.h"
 #include "server/convert.h"
+#include "server/tls_files.h"
 
 namespace iommu_broker {
 namespace {
 
 // Builds and starts `builder`, listening on `address`; `*port` is the TCP
 // port bound (0 for a unix: address).
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartListening(grpc::ServerBuilder& builder,
-                                                             absl::string_view what,
-                                                             const std::string& address,
-                                                             int* port) {
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartListening(
+    grpc::ServerBuilder& builder, absl::string_view what, const std::string& address,
+    const std::shared_ptr<grpc::ServerCredentials>& credentials, int* port) {
+  builder.AddListeningPort(address, credentials, port);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr) {
     return absl::UnavailableError(absl::StrCat(what, " ", address, " cannot be bound"));
@@ -40,14 +41,20 @@ absl::StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Start(const v1::Brok
   absl::StatusOr<ServiceLimits> limits = ServiceLimitsFromConfig(config);
   if (!limits.ok()) return limits.status();
   if (absl::Status grace = ShutdownGracePeriod(config).status(); !grace.ok()) return grace;
+  if (absl::Status security = CheckSecurity(config); !security.ok()) return security;
+  absl::StatusOr<AccessPolicy> policy = AccessPolicy::Create(config.auth());
+  if (!policy.ok()) return policy.status();
 
   std::unique_ptr<BrokerServer> server(new BrokerServer());
   server->log_ = &log;
+  server->started_with_ = config;
+  server->access_ = std::make_unique<AccessControl>(*std::move(policy));
   absl::StatusOr<std::unique_ptr<Iommu>> iommu = Iommu::Create(*options);
   if (!iommu.ok()) return iommu.status();
   server->iommu_ = *std::move(iommu);
   if (absl::Status status = server->CreateStartupObjects(config); !status.ok()) return status;
-  server->service_ = std::make_unique<BrokerService>(*server->iommu_, *limits, log);
+  server->service_ =
+      std::make_unique<BrokerService>(*server->iommu_, *limits, *server->access_, log);
   if (absl::Status status = server->StartMetrics(config); !status.ok()) {
     return status;
   }
@@ -118,10 +125,20 @@ absl::Status BrokerServer::StartGrpc(const v1::BrokerConfig& config, const Servi
   if (metrics_ != nullptr) {
     builder.experimental().SetInterceptorCreators(rpc_metrics_->InterceptorFactories());
   }
-  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
-      StartListening(builder, "listen address", listen_address_, &port_);
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server = StartListening(
+      builder, "listen address", listen_address_, ServerCredentialsFor(config.tls()), &port_);
   if (!server.ok()) return server.status();
   server_ = *std::move(server);
+  if (access_->enabled()) {
+    log_->Info("authentication", {{"identities", config.auth().identities_size()},
+                                  {"tls", TlsEnabled(config.tls()) ? "on" : "off"}});
+  } else {
+    log_->Warning("authentication",
+                  {{"identities", 0},
+                   {"tls", TlsEnabled(config.tls()) ? "on" : "off"},
+                   {"note", "no auth identities: every client may do anything, so the API "
+                            "serves only on loopback or a unix: socket"}});
+  }
   log_->Info("serving", {{"address", listen_address_}, {"port", port_},
                          {"max_batch_operations", limits.max_batch_operations},
                          {"max_concurrent_streams", limits.max_concurrent_streams}});
@@ -135,7 +152,8 @@ absl::Status BrokerServer::StartHealthListener(const v1::BrokerConfig& config) {
   // (and the reflection plugin, which then describes just that).
   grpc::ServerBuilder builder;
   absl::StatusOr<std::unique_ptr<grpc::Server>> server =
-      StartListening(builder, "health listen address", address, &health_port_);
+      StartListening(builder, "health listen address", address,
+                     grpc::InsecureServerCredentials(), &health_port_);
   if (!server.ok()) return server.status();
   health_server_ = *std::move(server);
   log_->Info("health_listening", {{"address", address}, {"port", health_port_}});
@@ -149,6 +167,31 @@ void BrokerServer::SetServing(bool serving) {
     health->SetServingStatus(std::string(kServiceName), serving);
     health->SetServingStatus(serving);
   }
+}
+
+absl::Status BrokerServer::Reload(const v1::BrokerConfig& config) {
+  // The running listener with the new auth and TLS files.
+  v1::BrokerConfig effective = config;
+  effective.set_listen_address(started_with_.listen_address());
+  *effective.mutable_tls() = started_with_.tls();
+  absl::Status status = CheckSecurity(effective);
+  absl::StatusOr<AccessPolicy> policy =
+      status.ok() ? AccessPolicy::Create(config.auth()) : absl::StatusOr<AccessPolicy>(status);
+  if (!policy.ok()) {
+    log_->Error("reload", {{"result", absl::StatusCodeToString(policy.status().code())},
+                           {"error", policy.status().message()}});
+    return policy.status();
+  }
+  const size_t identities = policy->size();
+  access_->Replace(*std::move(policy));
+  if (ListenAddress(config) != ListenAddress(started_with_)) {
+    log_->Warning("reload_needs_restart", {{"setting", "listen_address"}});
+  }
+  if (!google::protobuf::util::MessageDifferencer::Equals(config.tls(), started_with_.tls())) {
+    log_->Warning("reload_needs_restart", {{"setting", "tls"}});
+  }
+  log_->Info("reload", {{"identities", identities}, {"result", "ok"}});
+  return absl::OkStatus();
 }
 
 void BrokerServer::Shutdown(absl::Duration grace) {

@@ -8,6 +8,7 @@
 //
 //   auto server = BrokerServer::Start(config, logger);
 //   ... (*server)->port() ...
+//   (*server)->Reload(new_config);  // SIGHUP: the new auth identities
 //   (*server)->Shutdown();  // NOT_SERVING, drain streams, finish calls, flush
 //
 // Thread-safety: thread-safe; Shutdown may be called more than once.
@@ -24,6 +25,7 @@
 #include "grpcpp/server.h"
 #include "iommu_broker/v1/config.pb.h"
 #include "prometheus/exposer.h"
+#include "server/access_control.h"
 #include "server/broker_metrics.h"
 #include "server/broker_service.h"
 #include "server/log.h"
@@ -35,9 +37,9 @@ inline constexpr absl::string_view kServiceName = "iommu_broker.v1.IommuBroker";
 
 class BrokerServer final {
  public:
-  // Fails, serving nothing, if the configuration is unusable, a start-up
-  // domain or device is refused, or an address cannot be bound. `log`
-  // must outlive the server.
+  // Fails, serving nothing, if the configuration is unusable (including
+  // its security: CheckSecurity), a start-up domain or device is refused,
+  // or an address cannot be bound. `log` must outlive the server.
   static absl::StatusOr<std::unique_ptr<BrokerServer>> Start(const v1::BrokerConfig& config,
                                                              Logger& log);
   ~BrokerServer();
@@ -53,6 +55,14 @@ class BrokerServer final {
   // unix: address).
   int health_port() const { return health_port_; }
   Iommu& iommu() { return *iommu_; }
+
+  // Applies `config`'s auth identities to every call from now on; calls and
+  // streams in flight go on under the identity they started with. Fails,
+  // changing nothing, if they are unusable. The other settings (listen
+  // addresses, TLS file names, engine) need a restart and are left as
+  // they are, with a warning when they differ. (The TLS files themselves
+  // are re-read whenever they change.)
+  absl::Status Reload(const v1::BrokerConfig& config);
 
   // Graceful stop: health NOT_SERVING, streams drained, in-flight calls
   // given `grace` before they are cancelled, flush queues drained. Returns
@@ -73,6 +83,8 @@ class BrokerServer final {
 
   Logger* log_ = nullptr;
   std::unique_ptr<Iommu> iommu_;
+  v1::BrokerConfig started_with_;  // what Reload compares against
+  std::unique_ptr<AccessControl> access_;
   std::unique_ptr<BrokerService> service_;
   std::shared_ptr<RpcMetrics> rpc_metrics_ = std::make_shared<RpcMetrics>();
   std::unique_ptr<grpc::Server> server_;

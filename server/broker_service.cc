@@ -35,8 +35,13 @@ void DetachToProto(const std::optional<DetachResult>& detached, std::string* dom
 
 }  // namespace
 
-BrokerService::BrokerService(Iommu& iommu, const ServiceLimits& limits, Logger& log)
-    : iommu_(iommu), limits_(limits), log_(log), streams_(limits.max_concurrent_streams) {}
+BrokerService::BrokerService(Iommu& iommu, const ServiceLimits& limits, AccessControl& access,
+                             Logger& log)
+    : iommu_(iommu),
+      limits_(limits),
+      access_(access),
+      log_(log),
+      streams_(limits.max_concurrent_streams) {}
 
 void BrokerService::Drain() {
   draining_.store(true, std::memory_order_release);
@@ -44,14 +49,31 @@ void BrokerService::Drain() {
   for (StoppableStream* stream : stoppable_) stream->Stop();
 }
 
-void BrokerService::Audit(absl::string_view action, const absl::Status& status,
-                          std::initializer_list<LogField> fields) {
+absl::StatusOr<Caller> BrokerService::Admit(const grpc::CallbackServerContext& context,
+                                             CallKind kind, absl::string_view rpc) {
+  absl::StatusOr<Caller> caller = access_.Authenticate(context);
+  absl::Status status = caller.ok() ? caller->Permit(kind, rpc) : caller.status();
+  if (status.ok()) return caller;
+  if (kind == CallKind::kAdmin) {
+    log_.Warning("access_denied", {{"rpc", rpc},
+                                   {"identity", caller.ok() ? caller->name() : "unauthenticated"},
+                                   {"peer", context.peer()},
+                                   {"result", absl::StatusCodeToString(status.code())},
+                                   {"error", status.message()}});
+  }
+  return status;
+}
+
+void BrokerService::Audit(const Caller& caller, absl::string_view action,
+                          const absl::Status& status, std::initializer_list<LogField> fields) {
   if (status.ok()) {
-    log_.Log(LogLevel::kInfo, action, fields, {{"result", "ok"}});
+    log_.Log(LogLevel::kInfo, action, fields, {{"identity", caller.name()}, {"result", "ok"}});
     return;
   }
   log_.Log(LogLevel::kWarning, action, fields,
-           {{"result", absl::StatusCodeToString(status.code())}, {"error", status.message()}});
+           {{"identity", caller.name()},
+            {"result", absl::StatusCodeToString(status.code())},
+            {"error", status.message()}});
 }
 
 absl::Status BrokerService::DescribeDomain(const std::string& domain_id,
@@ -75,9 +97,11 @@ absl::Status BrokerService::DescribeDevice(const std::string& device_id,
 grpc::ServerUnaryReactor* BrokerService::CreateDomain(grpc::CallbackServerContext* context,
                                                       const v1::CreateDomainRequest* request,
                                                       v1::Domain* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "CreateDomain");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<DomainConfig> config = DomainConfigFromProto(request->domain());
   absl::Status status = config.ok() ? iommu_.CreateDomain(*config) : config.status();
-  Audit("create_domain", status,
+  Audit(*caller, "create_domain", status,
         {{"domain", request->domain().id()},
          {"policy", v1::Policy_Name(request->domain().policy())}});
   if (status.ok()) status = DescribeDomain(request->domain().id(), response);
@@ -87,6 +111,8 @@ grpc::ServerUnaryReactor* BrokerService::CreateDomain(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* BrokerService::DestroyDomain(grpc::CallbackServerContext* context,
                                                        const v1::DestroyDomainRequest* request,
                                                        v1::DestroyDomainResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "DestroyDomain");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<DestroyResult> destroyed =
       iommu_.DestroyDomain(request->domain_id(), request->force());
   if (destroyed.ok()) {
@@ -95,7 +121,7 @@ grpc::ServerUnaryReactor* BrokerService::DestroyDomain(grpc::CallbackServerConte
     }
     LeaksToProto(destroyed->leaked, response->mutable_leaked());
   }
-  Audit("destroy_domain", destroyed.status(),
+  Audit(*caller, "destroy_domain", destroyed.status(),
         {{"domain", request->domain_id()},
          {"force", request->force() ? "true" : "false"},
          {"leaked_mappings", destroyed.ok() ? destroyed->leaked.mappings : 0}});
@@ -105,12 +131,16 @@ grpc::ServerUnaryReactor* BrokerService::DestroyDomain(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* BrokerService::GetDomain(grpc::CallbackServerContext* context,
                                                    const v1::GetDomainRequest* request,
                                                    v1::Domain* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead, "GetDomain");
+  if (!caller.ok()) return Reply(context, caller.status());
   return Reply(context, DescribeDomain(request->domain_id(), response));
 }
 
 grpc::ServerUnaryReactor* BrokerService::ListDomains(grpc::CallbackServerContext* context,
                                                      const v1::ListDomainsRequest* /*request*/,
                                                      v1::ListDomainsResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead, "ListDomains");
+  if (!caller.ok()) return Reply(context, caller.status());
   for (const std::string& id : iommu_.DomainIds()) {
     v1::Domain domain;
     // A domain destroyed since DomainIds() is simply not listed.
@@ -122,10 +152,12 @@ grpc::ServerUnaryReactor* BrokerService::ListDomains(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* BrokerService::SetDomainPolicy(grpc::CallbackServerContext* context,
                                                          const v1::SetDomainPolicyRequest* request,
                                                          v1::Domain* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "SetDomainPolicy");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<Policy> policy = PolicyFromProto(request->policy(), "policy");
   absl::Status status =
       policy.ok() ? iommu_.SetPolicy(request->domain_id(), *policy) : policy.status();
-  Audit("set_domain_policy", status,
+  Audit(*caller, "set_domain_policy", status,
         {{"domain", request->domain_id()}, {"policy", v1::Policy_Name(request->policy())}});
   if (status.ok()) status = DescribeDomain(request->domain_id(), response);
   return Reply(context, status);
@@ -136,9 +168,11 @@ grpc::ServerUnaryReactor* BrokerService::SetDomainPolicy(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* BrokerService::RegisterDevice(grpc::CallbackServerContext* context,
                                                         const v1::RegisterDeviceRequest* request,
                                                         v1::Device* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "RegisterDevice");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<DeviceConfig> config = DeviceConfigFromProto(request->device());
   absl::Status status = config.ok() ? iommu_.AddDevice(*config) : config.status();
-  Audit("register_device", status,
+  Audit(*caller, "register_device", status,
         {{"device", request->device().id()},
          {"allow_bypass", request->device().allow_bypass() ? "true" : "false"}});
   if (status.ok()) status = DescribeDevice(request->device().id(), response);
@@ -148,10 +182,12 @@ grpc::ServerUnaryReactor* BrokerService::RegisterDevice(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* BrokerService::UpdateDevice(grpc::CallbackServerContext* context,
                                                       const v1::UpdateDeviceRequest* request,
                                                       v1::Device* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "UpdateDevice");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<DeviceUpdate> update = DeviceUpdateFromProto(*request);
   absl::Status status =
       update.ok() ? iommu_.UpdateDevice(request->device_id(), *update) : update.status();
-  Audit("update_device", status,
+  Audit(*caller, "update_device", status,
         {{"device", request->device_id()},
          {"dma_mask_bits",
           request->has_dma_mask_bits() ? absl::StrCat(request->dma_mask_bits()) : "unchanged"},
@@ -165,25 +201,29 @@ grpc::ServerUnaryReactor* BrokerService::UpdateDevice(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* BrokerService::UnregisterDevice(
     grpc::CallbackServerContext* context, const v1::UnregisterDeviceRequest* request,
     v1::UnregisterDeviceResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "UnregisterDevice");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<std::optional<DetachResult>> removed = iommu_.RemoveDevice(request->device_id());
   if (removed.ok()) {
     DetachToProto(*removed, response->mutable_detached_from_domain_id(),
                   response->mutable_leaked());
   }
-  Audit("unregister_device", removed.status(), {{"device", request->device_id()}});
+  Audit(*caller, "unregister_device", removed.status(), {{"device", request->device_id()}});
   return Reply(context, removed.status());
 }
 
 grpc::ServerUnaryReactor* BrokerService::AttachDevice(grpc::CallbackServerContext* context,
                                                       const v1::AttachDeviceRequest* request,
                                                       v1::AttachDeviceResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "AttachDevice");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<std::optional<DetachResult>> attached =
       iommu_.Attach(request->device_id(), request->domain_id());
   if (attached.ok()) {
     DetachToProto(*attached, response->mutable_detached_from_domain_id(),
                   response->mutable_leaked());
   }
-  Audit("attach_device", attached.status(),
+  Audit(*caller, "attach_device", attached.status(),
         {{"device", request->device_id()}, {"domain", request->domain_id()}});
   return Reply(context, attached.status());
 }
@@ -191,24 +231,30 @@ grpc::ServerUnaryReactor* BrokerService::AttachDevice(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* BrokerService::DetachDevice(grpc::CallbackServerContext* context,
                                                       const v1::DetachDeviceRequest* request,
                                                       v1::DetachDeviceResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kAdmin, "DetachDevice");
+  if (!caller.ok()) return Reply(context, caller.status());
   absl::StatusOr<DetachResult> detached = iommu_.Detach(request->device_id());
   if (detached.ok()) {
     response->set_domain_id(detached->domain_id);
     LeaksToProto(detached->leaked, response->mutable_leaked());
   }
-  Audit("detach_device", detached.status(), {{"device", request->device_id()}});
+  Audit(*caller, "detach_device", detached.status(), {{"device", request->device_id()}});
   return Reply(context, detached.status());
 }
 
 grpc::ServerUnaryReactor* BrokerService::GetDevice(grpc::CallbackServerContext* context,
                                                    const v1::GetDeviceRequest* request,
                                                    v1::Device* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead, "GetDevice");
+  if (!caller.ok()) return Reply(context, caller.status());
   return Reply(context, DescribeDevice(request->device_id(), response));
 }
 
 grpc::ServerUnaryReactor* BrokerService::ListDevices(grpc::CallbackServerContext* context,
                                                      const v1::ListDevicesRequest* request,
                                                      v1::ListDevicesResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kRead, "ListDevices");
+  if (!caller.ok()) return Reply(context, caller.status());
   if (!request->domain_id().empty()) {
     absl::StatusOr<DomainInfo> domain = iommu_.DescribeDomain(request->domain_id());
     if (!domain.ok()) return Reply(context, domain.status());
@@ -227,6 +273,11 @@ grpc::ServerUnaryReactor* BrokerService::ListDevices(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* BrokerService::Map(grpc::CallbackServerContext* context,
                                              const v1::MapRequest* request,
                                              v1::MapResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Map");
+  if (!caller.ok()) return Reply(context, caller.status());
+  if (absl::Status status = caller->PermitDevice(request->device_id()); !status.ok()) {
+    return Reply(context, status);
+  }
   DataPath data_path(iommu_, operation_metrics_);
   return Reply(context, data_path.Map(*request, response));
 }
@@ -234,6 +285,11 @@ grpc::ServerUnaryReactor* BrokerService::Map(grpc::CallbackServerContext* contex
 grpc::ServerUnaryReactor* BrokerService::Unmap(grpc::CallbackServerContext* context,
                                                const v1::UnmapRequest* request,
                                                v1::UnmapResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Unmap");
+  if (!caller.ok()) return Reply(context, caller.status());
+  if (absl::Status status = caller->PermitDevice(request->device_id()); !status.ok()) {
+    return Reply(context, status);
+  }
   DataPath data_path(iommu_, operation_metrics_);
   const absl::Status status = data_path.Unmap(*request, response);
   std::shared_ptr<Completion> acks = data_path.TakeDeviceTlbAcks();
@@ -247,6 +303,11 @@ grpc::ServerUnaryReactor* BrokerService::Unmap(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* BrokerService::Translate(grpc::CallbackServerContext* context,
                                                    const v1::TranslateRequest* request,
                                                    v1::TranslateResponse* response) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Translate");
+  if (!caller.ok()) return Reply(context, caller.status());
+  if (absl::Status status = caller->PermitDevice(request->device_id()); !status.ok()) {
+    return Reply(context, status);
+  }
   DataPath data_path(iommu_, operation_metrics_);
   return Reply(context, data_path.Translate(*request, response));
 }
@@ -254,11 +315,18 @@ grpc::ServerUnaryReactor* BrokerService::Translate(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* BrokerService::Flush(grpc::CallbackServerContext* context,
                                                const v1::FlushRequest* request,
                                                v1::FlushResponse* /*response*/) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Flush");
+  if (!caller.ok()) return Reply(context, caller.status());
+  if (absl::Status status = caller->PermitDomain(iommu_, request->domain_id()); !status.ok()) {
+    return Reply(context, status);
+  }
   DataPath data_path(iommu_, operation_metrics_);
   return Reply(context, data_path.Flush(*request));
 }
 
-BatchStream* BrokerService::Batch(grpc::CallbackServerContext* /*context*/) {
+BatchStream* BrokerService::Batch(grpc::CallbackServerContext* context) {
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Batch");
+  if (!caller.ok()) return new Refusal<BatchStream>(ToGrpcStatus(caller.status()));
   if (draining_.load(std::memory_order_acquire)) {
     return new Refusal<BatchStream>(
         grpc::Status(grpc::StatusCode::UNAVAILABLE, "the broker is shutting down"));
@@ -269,16 +337,21 @@ BatchStream* BrokerService::Batch(grpc::CallbackServerContext* /*context*/) {
         absl::StrCat("the broker serves at most ", streams_.max_streams(), " streams")));
   }
   return new BatchReactor(iommu_, operation_metrics_, limits_.max_batch_operations, streams_,
-                          draining_);
+                          draining_, *std::move(caller));
 }
 
 // ---- Events
 
-EventStream* BrokerService::WatchEvents(grpc::CallbackServerContext* /*context*/,
+EventStream* BrokerService::WatchEvents(grpc::CallbackServerContext* context,
                                         const v1::WatchEventsRequest* request) {
   const auto refuse = [](grpc::StatusCode code, std::string message) {
     return new Refusal<EventStream>(grpc::Status(code, std::move(message)));
   };
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kObserve, "WatchEvents");
+  absl::Status permitted =
+      caller.ok() ? caller->PermitObservation(iommu_, request->domain_id(), request->device_id())
+                  : caller.status();
+  if (!permitted.ok()) return new Refusal<EventStream>(ToGrpcStatus(permitted));
   if (!request->faults() && !request->invalidations()) {
     return refuse(grpc::StatusCode::INVALID_ARGUMENT,
                   "set at least one of faults, invalidations to watch");
@@ -317,8 +390,10 @@ EventStream* BrokerService::WatchEvents(grpc::CallbackServerContext* /*context*/
 }
 
 grpc::ServerBidiReactor<v1::DeviceIotlbRequest, v1::DeviceIotlbInvalidations>*
-BrokerService::LinkDeviceIotlb(grpc::CallbackServerContext* /*context*/) {
+BrokerService::LinkDeviceIotlb(grpc::CallbackServerContext* context) {
   using LinkStream = grpc::ServerBidiReactor<v1::DeviceIotlbRequest, v1::DeviceIotlbInvalidations>;
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "LinkDeviceIotlb");
+  if (!caller.ok()) return new Refusal<LinkStream>(ToGrpcStatus(caller.status()));
   if (draining_.load(std::memory_order_acquire)) {
     return new Refusal<LinkStream>(
         grpc::Status(grpc::StatusCode::UNAVAILABLE, "the broker is shutting down"));
@@ -328,7 +403,7 @@ BrokerService::LinkDeviceIotlb(grpc::CallbackServerContext* /*context*/) {
         grpc::StatusCode::RESOURCE_EXHAUSTED,
         absl::StrCat("the broker serves at most ", streams_.max_streams(), " streams")));
   }
-  auto* link = new DeviceIotlbReactor(iommu_, limits_.watch_queue_capacity,
+  auto* link = new DeviceIotlbReactor(iommu_, limits_.watch_queue_capacity, *std::move(caller),
                                       [this](StoppableStream* done) { Forget(done); });
   Track(link);
   return link;
@@ -350,10 +425,13 @@ void BrokerService::Forget(StoppableStream* stream) {
 
 // ---- Stats
 
-absl::Status BrokerService::StatsOf(const v1::GetStatsRequest& request,
+absl::Status BrokerService::StatsOf(const v1::GetStatsRequest& request, bool include_domains,
                                     v1::GetStatsResponse* response) const {
-  std::vector<std::string> domain_ids = iommu_.DomainIds();
-  if (!request.domain_id().empty()) domain_ids = {request.domain_id()};
+  std::vector<std::string> domain_ids;
+  if (include_domains) {
+    domain_ids = request.domain_id().empty() ? iommu_.DomainIds()
+                                             : std::vector<std::string>{request.domain_id()};
+  }
   for (const std::string& id : domain_ids) {
     absl::StatusOr<DomainInfo> info = iommu_.DescribeDomain(id);
     if (!info.ok()) {
@@ -389,7 +467,22 @@ absl::Status BrokerService::StatsOf(const v1::GetStatsRequest& request,
 grpc::ServerUnaryReactor* BrokerService::GetStats(grpc::CallbackServerContext* context,
                                                   const v1::GetStatsRequest* request,
                                                   v1::GetStatsResponse* response) {
-  return Reply(context, StatsOf(*request, response));
+  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kObserve, "GetStats");
+  if (!caller.ok()) return Reply(context, caller.status());
+  if (absl::Status status =
+          caller->PermitObservation(iommu_, request->domain_id(), request->device_id());
+      !status.ok()) {
+    return Reply(context, status);
+  }
+  if (!caller->is_driver() || !request->domain_id().empty()) {
+    return Reply(context, StatsOf(*request, /*include_domains=*/true, response));
+  }
+  // A driver without a domain filter sees its device's domain, if any.
+  v1::GetStatsRequest narrowed = *request;
+  absl::StatusOr<DeviceInfo> device = iommu_.DescribeDevice(request->device_id());
+  if (device.ok()) narrowed.set_domain_id(device->domain_id);
+  return Reply(context, StatsOf(narrowed, /*include_domains=*/!narrowed.domain_id().empty(),
+                                response));
 }
 
 }  // namespace iommu_broker

@@ -1,11 +1,13 @@
 // BrokerService implements the iommu_broker.v1.IommuBroker gRPC service on
 // the engine (core/iommu), with gRPC's callback API: unary calls run on the
 // engine inline (its work is bounded), Batch and WatchEvents are reactors.
-// Every request is validated; a refused request changes nothing; errors
-// become gRPC statuses in one place (server/status.h). Admin actions are
-// logged, data-path operations never.
+// Every call is authenticated and authorized (AccessControl) before
+// anything else; every request is validated; a refused request changes
+// nothing; errors become gRPC statuses in one place (server/status.h).
+// Admin actions are logged with who made them (the audit log), refused
+// ones too; data-path operations never.
 //
-//   BrokerService service(iommu, limits, logger);
+//   BrokerService service(iommu, limits, access, logger);
 //   grpc::ServerBuilder builder;
 //   builder.RegisterService(&service);
 //   ...
@@ -23,6 +25,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "core/iommu/iommu.h"
 #include "iommu_broker/v1/iommu_broker.grpc.pb.h"
+#include "server/access_control.h"
 #include "server/log.h"
 #include "server/operation_metrics.h"
 #include "server/stoppable_stream.h"
@@ -39,8 +42,9 @@ struct ServiceLimits {
 
 class BrokerService final : public v1::IommuBroker::CallbackService {
  public:
-  // `iommu` and `log` must outlive the service and every call it serves.
-  BrokerService(Iommu& iommu, const ServiceLimits& limits, Logger& log);
+  // `iommu`, `access` and `log` must outlive the service and every call it
+  // serves.
+  BrokerService(Iommu& iommu, const ServiceLimits& limits, AccessControl& access, Logger& log);
   BrokerService(const BrokerService&) = delete;
   BrokerService& operator=(const BrokerService&) = delete;
 
@@ -118,9 +122,16 @@ class BrokerService final : public v1::IommuBroker::CallbackService {
   // Fills `response` from the engine; the status says whether it could.
   absl::Status DescribeDomain(const std::string& domain_id, v1::Domain* response) const;
   absl::Status DescribeDevice(const std::string& device_id, v1::Device* response) const;
-  absl::Status StatsOf(const v1::GetStatsRequest& request, v1::GetStatsResponse* response) const;
-  // Logs an admin action: event=`action`, its fields, result=ok or the code.
-  void Audit(absl::string_view action, const absl::Status& status,
+  // `include_domains` false: no domain's stats, whatever the filter.
+  absl::Status StatsOf(const v1::GetStatsRequest& request, bool include_domains,
+                       v1::GetStatsResponse* response) const;
+  // The caller of `context` if it may make `rpc`, a call of `kind`; an
+  // admin call refused is audited.
+  absl::StatusOr<Caller> Admit(const grpc::CallbackServerContext& context, CallKind kind,
+                               absl::string_view rpc);
+  // Logs an admin action: event=`action`, its fields, who, result=ok or the
+  // code.
+  void Audit(const Caller& caller, absl::string_view action, const absl::Status& status,
              std::initializer_list<LogField> fields);
   // Keeps a stream that Drain() must stop, unless draining already has.
   void Track(StoppableStream* stream);
@@ -128,6 +139,7 @@ class BrokerService final : public v1::IommuBroker::CallbackService {
 
   Iommu& iommu_;
   const ServiceLimits limits_;
+  AccessControl& access_;
   Logger& log_;
   StreamLimit streams_;
   OperationMetrics operation_metrics_;

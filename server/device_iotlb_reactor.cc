@@ -20,9 +20,12 @@ constexpr int kMaxInvalidationsPerMessage = 256;
 
 }  // namespace
 
-DeviceIotlbReactor::DeviceIotlbReactor(Iommu& iommu, size_t queue_capacity,
+DeviceIotlbReactor::DeviceIotlbReactor(Iommu& iommu, size_t queue_capacity, Caller caller,
                                        absl::AnyInvocable<void(StoppableStream*)> on_done)
-    : iommu_(iommu), queue_capacity_(queue_capacity), on_done_(std::move(on_done)) {
+    : iommu_(iommu),
+      queue_capacity_(queue_capacity),
+      caller_(std::move(caller)),
+      on_done_(std::move(on_done)) {
   StartRead(&request_);
 }
 
@@ -63,8 +66,10 @@ void DeviceIotlbReactor::OnReadDone(bool ok) {
 
 void DeviceIotlbReactor::Link() {
   const std::string& device_id = request_.link().device_id();
+  absl::Status permitted = caller_.PermitDevice(device_id);
   absl::StatusOr<std::shared_ptr<DeviceTlbPort>> port =
       device_id.empty() ? absl::InvalidArgumentError("link.device_id is empty")
+      : !permitted.ok() ? permitted
                         : iommu_.LinkDeviceTlb(device_id, queue_capacity_);
   if (!port.ok()) {
     std::lock_guard<std::mutex> lock(mutex_);

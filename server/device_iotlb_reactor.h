@@ -28,6 +28,7 @@
 #include "core/iommu/iommu.h"
 #include "grpcpp/grpcpp.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
+#include "server/access_control.h"
 #include "server/stoppable_stream.h"
 
 namespace iommu_broker {
@@ -36,9 +37,10 @@ class DeviceIotlbReactor final
     : public grpc::ServerBidiReactor<v1::DeviceIotlbRequest, v1::DeviceIotlbInvalidations>,
       public StoppableStream {
  public:
-  // `queue_capacity`: unread invalidations the link may hold. `on_done`
-  // runs once in OnDone, before the reactor is deleted.
-  DeviceIotlbReactor(Iommu& iommu, size_t queue_capacity,
+  // `queue_capacity`: unread invalidations the link may hold. `caller`
+  // must be permitted the device the link names. `on_done` runs once in
+  // OnDone, before the reactor is deleted.
+  DeviceIotlbReactor(Iommu& iommu, size_t queue_capacity, Caller caller,
                      absl::AnyInvocable<void(StoppableStream*)> on_done);
 
   // Ends the stream with OK after the write in flight (broker shutdown).
@@ -61,6 +63,7 @@ class DeviceIotlbReactor final
 
   Iommu& iommu_;
   const size_t queue_capacity_;
+  const Caller caller_;
   absl::AnyInvocable<void(StoppableStream*)> on_done_;
   v1::DeviceIotlbRequest request_;  // reads are serialized by gRPC
 

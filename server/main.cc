@@ -1,6 +1,7 @@
 // iommu-brokerd: the broker daemon. Flags override the optional config
 // file (--config); see `iommu-brokerd --help`. A bad flag or config value
-// exits with status 2 and a message naming it, before serving. SIGTERM or
+// exits with status 2 and a message naming it, before serving. SIGHUP
+// re-reads the config file and applies its auth identities. SIGTERM or
 // SIGINT drains and exits 0; a second signal exits at once.
 #include <csignal>
 #include <cstdio>
@@ -130,6 +131,7 @@ int Run(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   absl::StatusOr<v1::BrokerConfig> config = ConfigFromFlags();
@@ -151,11 +153,26 @@ int Run(int argc, char** argv) {
   }
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
-  log.Info("signal", {{"signal", strsignal(signal_number)}});
-  std::thread second_signal([&signals] {
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    log.Info("signal", {{"signal", strsignal(signal_number)}});
+    if (signal_number != SIGHUP) break;
+    // A bad file is logged and leaves the running configuration as it is.
+    absl::StatusOr<v1::BrokerConfig> reloaded = ConfigFromFlags();
+    if (!reloaded.ok()) {
+      log.Error("reload", {{"result", absl::StatusCodeToString(reloaded.status().code())},
+                           {"error", reloaded.status().message()}});
+      continue;
+    }
+    (*server)->Reload(*reloaded).IgnoreError();  // it logs the outcome
+  }
+  std::thread second_signal([] {
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
     int again = 0;
-    sigwait(&signals, &again);
+    sigwait(&stop, &again);
     std::_Exit(128 + again);
   });
   second_signal.detach();

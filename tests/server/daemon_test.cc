@@ -25,6 +25,7 @@
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "iommu_broker/v1/iommu_broker.grpc.pb.h"
+#include "server/access_policy.h"
 #include "tests/child_process.h"
 #include "tests/temp_dir.h"
 
@@ -303,6 +304,59 @@ TEST_F(DaemonTest, StartupDeviceOnAnUnknownDomainExitsWithStatus2) {
   const std::string log = RunRefused(ServeFlags({absl::StrCat("--config=", config)}), 2);
   EXPECT_THAT(log, HasSubstr("devices[0]"));
   EXPECT_THAT(log, HasSubstr("nowhere"));
+}
+
+TEST_F(DaemonTest, ApiBeyondLoopbackWithoutAuthExitsWithStatus2) {
+  const std::string log = RunRefused(ServeFlags({"--listen=0.0.0.0:0"}), 2);
+  EXPECT_THAT(log, HasSubstr("listen address 0.0.0.0:0 reaches beyond this host"));
+}
+
+TEST_F(DaemonTest, SighupReloadsIdentitiesAndTheAuditLogNamesThem) {
+  const std::string config_path = dir_.path() + "/auth.textproto";
+  const auto write_config = [&](absl::string_view token) {
+    std::ofstream(config_path) << "auth { identities { name: \"ops\" role: ROLE_OPERATOR "
+                               << "token_sha256: \"" << Sha256Hex(token) << "\" } }\n";
+  };
+  write_config("first-secret-token");
+  ChildProcess daemon(dir_.path(), "brokerd",
+                      Brokerd(ServeFlags({absl::StrCat("--config=", config_path)})));
+  ASSERT_TRUE(daemon.started()) << "posix_spawn: " << daemon.spawn_error();
+  std::shared_ptr<grpc::Channel> channel = Connect();
+  ASSERT_TRUE(Serving(channel, daemon));
+  std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(channel);
+  const auto create_domain = [&](absl::string_view token, absl::string_view id) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    if (!token.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+    v1::CreateDomainRequest request;
+    request.mutable_domain()->set_id(std::string(id));
+    request.mutable_domain()->set_policy(v1::POLICY_FAST);
+    v1::Domain domain;
+    return stub->CreateDomain(&context, request, &domain).error_code();
+  };
+
+  EXPECT_EQ(create_domain("first-secret-token", "d1"), grpc::StatusCode::OK);
+  EXPECT_EQ(create_domain("", "d2"), grpc::StatusCode::UNAUTHENTICATED);
+  write_config("second-secret-token");
+  ASSERT_TRUE(daemon.Signal(SIGHUP));
+  ASSERT_TRUE(daemon.WaitForStderr("event=reload identities=1 result=ok")) << daemon.Stderr();
+  EXPECT_EQ(create_domain("first-secret-token", "d3"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(create_domain("second-secret-token", "d4"), grpc::StatusCode::OK);
+  // A broken file is refused and the running identities stay.
+  std::ofstream(config_path) << "auth { identities { name: \"x\" } }\n";
+  ASSERT_TRUE(daemon.Signal(SIGHUP));
+  ASSERT_TRUE(daemon.WaitForStderr("event=reload result=INVALID_ARGUMENT")) << daemon.Stderr();
+  EXPECT_EQ(create_domain("second-secret-token", "d5"), grpc::StatusCode::OK);
+
+  ASSERT_TRUE(daemon.Signal(SIGTERM));
+  const std::optional<int> exit_status = daemon.WaitForExit();
+  const std::string log = daemon.Stderr();
+  EXPECT_EQ(ExitCodeOf(exit_status), 0) << DescribeWaitStatus(exit_status) << "\n" << log;
+  EXPECT_THAT(log, HasSubstr("event=create_domain domain=d1 policy=POLICY_FAST identity=ops "
+                             "result=ok"));
+  EXPECT_THAT(log, HasSubstr("event=access_denied rpc=CreateDomain identity=unauthenticated"));
+  EXPECT_THAT(log, HasSubstr("event=create_domain domain=d5 policy=POLICY_FAST identity=ops"));
+  EXPECT_THAT(log, Not(HasSubstr("secret-token")));
 }
 
 TEST_F(DaemonTest, MissingConfigFileExitsWithStatus2) {
