@@ -5,10 +5,13 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "client/cpp/bearer_token.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -44,6 +47,16 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
   return grpc::SslCredentials(ssl);
 }
 
+// options.bearer_token, else the token in options.token_file, else empty.
+absl::StatusOr<std::string> BearerToken(const ConnectionOptions& options) {
+  if (!options.bearer_token.empty()) {
+    if (absl::Status valid = ValidateBearerToken(options.bearer_token); !valid.ok()) return valid;
+    return options.bearer_token;
+  }
+  if (options.token_file.empty()) return std::string();
+  return ReadTokenFile(options.token_file);
+}
+
 }  // namespace
 
 std::string ConnectionOptions::DefaultTarget() {
@@ -51,14 +64,28 @@ std::string ConnectionOptions::DefaultTarget() {
   return target != nullptr && target[0] != '\0' ? std::string(target) : kDefaultTarget;
 }
 
+std::string ConnectionOptions::DefaultTokenFile() {
+  const char* path = std::getenv(kTokenFileEnvironmentVariable);
+  return path != nullptr ? std::string(path) : std::string();
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("target is empty");
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = Credentials(options);
   if (!credentials.ok()) return credentials.status();
+  absl::StatusOr<std::string> token = BearerToken(options);
+  if (!token.ok()) return token.status();
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(options.max_message_bytes);
   arguments.SetMaxSendMessageSize(options.max_message_bytes);
-  return grpc::CreateCustomChannel(options.target, *credentials, arguments);
+  if (token->empty()) return grpc::CreateCustomChannel(options.target, *credentials, arguments);
+  // An interceptor, not grpc::AccessTokenCredentials: gRPC sends call
+  // credentials only over TLS, and a plaintext Unix socket or loopback
+  // broker authenticates tokens too.
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<BearerTokenInterceptorFactory>(*token));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(
+      options.target, *credentials, arguments, std::move(interceptors));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

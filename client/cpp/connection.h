@@ -1,8 +1,10 @@
 // How a client reaches the broker: ConnectionOptions (target, TLS files,
-// per-call deadline, read-only retries) and the channel made from them.
+// bearer token, per-call deadline, read-only retries) and the channel made
+// from them.
 //
 //   ConnectionOptions options;            // target: IOMMU_BROKER_TARGET or 127.0.0.1:50051
 //   options.target = "unix:/run/iommu-broker/grpc.sock";
+//   options.token_file = "/run/secrets/broker-token";  // default: IOMMU_BROKER_TOKEN_FILE
 //   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(options);
 //
 // FromGrpcStatus turns a call's grpc::Status into the absl::Status every
@@ -29,6 +31,8 @@ namespace iommu_broker::client {
 inline constexpr char kDefaultTarget[] = "127.0.0.1:50051";
 // The environment variable naming the broker's address.
 inline constexpr char kTargetEnvironmentVariable[] = "IOMMU_BROKER_TARGET";
+// The environment variable naming the file that holds the bearer token.
+inline constexpr char kTokenFileEnvironmentVariable[] = "IOMMU_BROKER_TOKEN_FILE";
 
 // PEM files for a TLS connection. Empty certificate_chain and private_key:
 // server authentication only; both set: mutual TLS.
@@ -43,6 +47,12 @@ struct ConnectionOptions {
   std::string target = DefaultTarget();
   // Absent: plaintext, as a broker without TLS (loopback or Unix socket) serves.
   std::optional<TlsFiles> tls;
+  // Sent as `authorization: Bearer <token>` on every call, streams included,
+  // over TLS and plaintext alike (bearer_token.h). Empty: token_file's.
+  std::string bearer_token;
+  // A file whose first line is the token (ReadTokenFile), read by
+  // MakeChannel when bearer_token is empty. Empty: no token.
+  std::string token_file = DefaultTokenFile();
   // Every call's deadline, from when it is issued (streams: none).
   absl::Duration deadline = absl::Seconds(10);
   // Read-only calls (Get*, List*, Translate, GetStats) are retried this many
@@ -56,11 +66,15 @@ struct ConnectionOptions {
 
   // IOMMU_BROKER_TARGET if set and not empty, else kDefaultTarget.
   static std::string DefaultTarget();
+  // IOMMU_BROKER_TOKEN_FILE if set, else empty.
+  static std::string DefaultTokenFile();
 };
 
-// A channel to options.target; fails (naming the file) if a TLS file cannot
-// be read, or INVALID_ARGUMENT for an empty target. Connecting is lazy: an
-// unreachable broker shows up as UNAVAILABLE on the first call.
+// A channel to options.target whose calls carry the bearer token, if any.
+// Fails (naming the file) if a TLS or token file cannot be read, or
+// INVALID_ARGUMENT for an empty target or an invalid token (the message
+// never holds the token). Connecting is lazy: an unreachable broker shows up
+// as UNAVAILABLE on the first call.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptions& options);
 
 // The same code and message as absl::Status.

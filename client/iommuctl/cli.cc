@@ -53,6 +53,11 @@ Cli::Cli(CLI::App& app) {
       ->check(CLI::ExistingFile);
   app.add_option("--tls-key", tls_key_, "PEM client key (mutual TLS; with --tls-cert)")
       ->check(CLI::ExistingFile);
+  // No --token: a command line is visible to every user of the machine (ps).
+  app.add_option("--token-file", options_.token_file,
+                 "File whose first line is the bearer token sent on every call "
+                 "(default: $IOMMU_BROKER_TOKEN_FILE)")
+      ->capture_default_str();
   AddParsedArgument<OutputFormat>(
       app, "-o,--output", "table|json", ParseOutputFormat,
       [this](OutputFormat format) { format_ = format; },

@@ -1,6 +1,7 @@
-// Cli holds iommuctl's global flags (--target, --timeout, --tls-*, -o) and
-// the plumbing every subcommand shares: connecting, printing a reply as an
-// aligned table or JSON, reporting an error and choosing the exit code.
+// Cli holds iommuctl's global flags (--target, --timeout, --tls-*,
+// --token-file, -o) and the plumbing every subcommand shares: connecting,
+// printing a reply as an aligned table or JSON, reporting an error and
+// choosing the exit code.
 //
 //   CLI::App app("iommuctl");
 //   Cli cli(app);
@@ -53,8 +54,9 @@ class Cli final {
   ExitCode exit_code() const { return exit_code_; }
   void set_exit_code(ExitCode code) { exit_code_ = code; }
 
-  // The connection the flags ask for; an unreadable TLS file is reported
-  // (exit 3) and gives null.
+  // The connection the flags ask for, its every call (streams included)
+  // carrying the token of --token-file. An unreadable TLS or token file, or
+  // an invalid token, is reported (exit 3) and gives null.
   std::unique_ptr<client::BrokerClient> Connect();
   const client::ConnectionOptions& connection_options() const { return options_; }
 

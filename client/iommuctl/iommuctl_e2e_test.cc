@@ -1,14 +1,16 @@
 // iommuctl end to end: the real iommu-brokerd (IOMMU_BROKERD_PATH) on a Unix
 // socket in a fresh temporary directory, driven through the real iommuctl
 // binary (IOMMUCTL_PATH) as a user would: domains, devices, map, translate,
-// unmap, a fault, events, stats, health, bench (run out and interrupted), and
-// the exit code of each kind of failure.
+// unmap, a fault, events, stats, health, bench (run out and interrupted), the
+// exit code of each kind of failure, and --token-file against a broker that
+// authenticates every call.
 //
 // Every wait is bounded only to keep a broken binary from hanging the test;
 // no assertion depends on how long anything takes.
 #include <signal.h>
 
 #include <cstdint>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -43,12 +45,16 @@ using ::iommu_broker::testing::TempDir;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-// The environment of this test without IOMMU_BROKER_TARGET (a developer's
-// setting must not redirect the tests), plus `extra` (NAME=VALUE).
+// The environment of this test without IOMMU_BROKER_TARGET and
+// IOMMU_BROKER_TOKEN_FILE (a developer's settings must not redirect the
+// tests), plus `extra` (NAME=VALUE).
 std::vector<std::string> ChildEnvironment(const std::vector<std::string>& extra) {
   std::vector<std::string> env;
   for (std::string& entry : CurrentEnvironment()) {
-    if (!absl::StartsWith(entry, "IOMMU_BROKER_TARGET=")) env.push_back(std::move(entry));
+    if (!absl::StartsWith(entry, "IOMMU_BROKER_TARGET=") &&
+        !absl::StartsWith(entry, "IOMMU_BROKER_TOKEN_FILE=")) {
+      env.push_back(std::move(entry));
+    }
   }
   env.insert(env.end(), extra.begin(), extra.end());
   return env;
@@ -91,11 +97,15 @@ class IommuctlTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
     target_ = absl::StrCat("unix:", dir_.path(), "/broker.sock");
-    broker_ = std::make_unique<ChildProcess>(
-        dir_.path(), "brokerd",
-        std::vector<std::string>{IOMMU_BROKERD_PATH, absl::StrCat("--listen=", target_),
-                                 "--metrics_listen=none"},
-        ChildEnvironment({}));
+    std::vector<std::string> argv = {IOMMU_BROKERD_PATH, absl::StrCat("--listen=", target_),
+                                     "--metrics_listen=none"};
+    const std::string config = BrokerConfig();
+    if (!config.empty()) {
+      const std::string config_path = WriteFile("broker.textproto", config);
+      argv.push_back(absl::StrCat("--config=", config_path));
+    }
+    broker_ = std::make_unique<ChildProcess>(dir_.path(), "brokerd", std::move(argv),
+                                             ChildEnvironment({}));
     ASSERT_TRUE(broker_->started()) << "posix_spawn: " << broker_->spawn_error();
     WaitUntilServing();
   }
@@ -105,6 +115,16 @@ class IommuctlTest : public ::testing::Test {
     EXPECT_TRUE(broker_->Signal(SIGTERM));
     const std::optional<int> status = broker_->WaitForExit();
     EXPECT_EQ(ExitCodeOf(status), 0) << DescribeWaitStatus(status) << "\n" << broker_->Stderr();
+  }
+
+  // The broker's config file (text format), if any.
+  virtual std::string BrokerConfig() { return ""; }
+
+  // Writes `contents` to NAME in the test's directory; its path.
+  std::string WriteFile(const std::string& name, const std::string& contents) {
+    const std::string path = absl::StrCat(dir_.path(), "/", name);
+    std::ofstream(path) << contents;
+    return path;
   }
 
   void WaitUntilServing() {
@@ -334,9 +354,69 @@ TEST_F(IommuctlTest, InvalidArgumentsExitThreeWithoutCallingTheBroker) {
   EXPECT_EQ(Ctl({"--timeout", "soon", "domain", "list"}).exit_code, 3);
   EXPECT_EQ(Ctl({"-o", "yaml", "domain", "list"}).exit_code, 3);
   EXPECT_EQ(Ctl({"--tls-ca", "/nonexistent.pem", "domain", "list"}).exit_code, 3);
+  const CtlResult token_file = Ctl({"--token-file", "/nonexistent/token", "domain", "list"});
+  EXPECT_EQ(token_file.exit_code, 3) << ::testing::PrintToString(token_file);
+  EXPECT_THAT(token_file.err, HasSubstr("token file /nonexistent/token cannot be read"));
+  const CtlResult token_env =
+      Ctl({"domain", "create", "vm1", "--policy", "fast"},
+          /*with_target=*/true, {"IOMMU_BROKER_TOKEN_FILE=/nonexistent/token"});
+  EXPECT_EQ(token_env.exit_code, 3) << ::testing::PrintToString(token_env);
+  EXPECT_THAT(token_env.err, HasSubstr("/nonexistent/token"));
+  const std::string invalid_token = WriteFile("token", "not-a secret\n");
+  const CtlResult invalid = Ctl({"--token-file", invalid_token, "health"});
+  EXPECT_EQ(invalid.exit_code, 3) << ::testing::PrintToString(invalid);
+  EXPECT_THAT(invalid.err, HasSubstr(invalid_token));
+  EXPECT_THAT(invalid.err, Not(HasSubstr("secret")));
+  EXPECT_EQ(Ctl({"--token", "secret", "domain", "list"}).exit_code, 3);  // never on argv
   // Nothing reached the broker.
   EXPECT_EQ(FromJson<v1::ListDomainsResponse>(Ok({"domain", "list", "-o", "json"})).domains_size(),
             0);
+}
+
+// A broker that authenticates every call: the token of --token-file (or
+// IOMMU_BROKER_TOKEN_FILE) must reach it on every call, unary and streaming.
+class AuthenticatedIommuctlTest : public IommuctlTest {
+ protected:
+  static constexpr char kToken[] = "iommuctl-e2e-token";
+
+  std::string BrokerConfig() override {
+    token_file_ = WriteFile("token", absl::StrCat(kToken, "\n"));
+    // printf %s iommuctl-e2e-token | sha256sum
+    return R"(auth { identities { name: "ops" role: ROLE_OPERATOR
+        token_sha256: "620ae4b2933e1cc03a04bc58e320f32a11a7d94411d01939e7a0a246952aeaa2" } })";
+  }
+
+  std::string token_file_;
+};
+
+TEST_F(AuthenticatedIommuctlTest, EveryCommandSendsTheTokenOfTheTokenFile) {
+  const CtlResult anonymous = Ctl({"domain", "list"});
+  EXPECT_EQ(anonymous.exit_code, 1) << ::testing::PrintToString(anonymous);
+  EXPECT_THAT(anonymous.err, HasSubstr("UNAUTHENTICATED"));
+
+  const std::string token = absl::StrCat("--token-file=", token_file_);
+  Ok({token, "domain", "create", "vm1", "--policy", "paranoid"});
+  Ok({token, "device", "register", "dev0"});
+  Ok({token, "device", "attach", "dev0", "vm1"});
+  // A server stream (WatchEvents), the token from the environment.
+  std::unique_ptr<ChildProcess> events =
+      StartCtl({"events", "--domain", "vm1"}, /*with_target=*/true,
+               {absl::StrCat("IOMMU_BROKER_TOKEN_FILE=", token_file_)});
+  ASSERT_TRUE(events->WaitForStderr("watching")) << events->Stderr();
+  Ok({token, "translate", "dev0", "0x5000"});
+  ASSERT_TRUE(events->WaitForStdout("\n")) << events->Stderr();
+  EXPECT_THAT(events->Stdout(), HasSubstr("fault sequence=1 "));
+  ASSERT_TRUE(events->Signal(SIGINT));
+  EXPECT_EQ(ExitCodeOf(events->WaitForExit()), 0) << events->Stderr();
+  // Batch streams.
+  const CtlResult batch = Ctl(
+      {token, "bench", "--mode", "batch", "--operations", "30", "--threads", "1", "-o", "json"});
+  ASSERT_EQ(batch.exit_code, 0) << ::testing::PrintToString(batch);
+  google::protobuf::Struct report;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(batch.out, &report).ok()) << batch.out;
+  EXPECT_EQ(report.fields().at("errors").number_value(), 0) << batch.out;
+  EXPECT_EQ(report.fields().at("cleanup").string_value(), "OK");
+  EXPECT_EQ(Ok({token, "health"}), "SERVING\n");
 }
 
 TEST_F(IommuctlTest, BenchReportsAndCleansUp) {

@@ -7,6 +7,7 @@ import grpc
 from iommu_broker.v1 import iommu_broker_pb2 as pb
 from iommu_broker.v1 import iommu_broker_pb2_grpc as pb_grpc
 
+from .connection import TOKEN_FILE_ENV, make_channel, read_token_file
 from .errors import error_for, error_from_rpc
 from .operations import (flush_op, map_op, operation, page_size_value, policy_value,
                          translate_op, unmap_op)
@@ -67,7 +68,8 @@ class Broker:
             broker.create_domain("vm1", "fast")
     """
 
-    def __init__(self, target=None, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, target=None, timeout=DEFAULT_TIMEOUT, *, tls=None, token=None,
+                 token_file=None):
         """Opens a channel (lazily: the first call connects).
 
         Args:
@@ -75,10 +77,27 @@ class Broker:
                 IOMMU_BROKER_TARGET environment variable, else 127.0.0.1:50051.
             timeout: deadline in seconds for each call (a Batch as a whole;
                 WatchEvents has none); None for no deadline.
+            tls: a TlsFiles (connection.py) for TLS, mutual with a client
+                certificate and key; None for plaintext, as a broker on
+                loopback or a Unix socket serves.
+            token: a bearer token, sent as `authorization: Bearer <token>`
+                on every call, streams included.
+            token_file: when `token` is None, a file whose first line is the
+                token; None takes the IOMMU_BROKER_TOKEN_FILE environment
+                variable, else no token is sent.
+
+        Raises:
+            ValueError: an invalid token (the message never holds it), or a
+                client certificate without its key.
+            OSError: a TLS or token file cannot be read.
         """
         self.target = target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(self.target)
+        if token is None:
+            token_file = token_file or os.environ.get(TOKEN_FILE_ENV)
+            if token_file:
+                token = read_token_file(token_file)
+        self._channel = make_channel(self.target, tls=tls, token=token)
         self._stub = pb_grpc.IommuBrokerStub(self._channel)
 
     def close(self):
