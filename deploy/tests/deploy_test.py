@@ -15,8 +15,9 @@ checked without one. Two test classes, one ctest test each (deploy/CMakeLists.tx
                    scrape annotations, Service ports) match the flags it passes to
                    iommu-brokerd, and the real binary started with those flags (config
                    file, Unix socket and ports moved to the test's own) serves: healthy
-                   on its API and health listeners, metrics on /metrics, and a clean exit
-                   on SIGTERM.
+                   on its API and health listeners, metrics on /metrics, the compose
+                   load generator's `iommuctl bench` command run against it for a
+                   second, and a clean exit on SIGTERM.
 
 Paths come from the environment (ctest sets them): IOMMU_SOURCE_DIR, IOMMU_BROKERD_PATH,
 IOMMUCTL_PATH, IOMMU_NODE_PATH. Every wait has a deadline only so that a broken process
@@ -493,7 +494,9 @@ class Broker:
 class DeployFlagsTest(unittest.TestCase):
     """Each deployment's ports match its flags, and the binary serves with those flags."""
 
-    def assert_serves(self, deployment):
+    def assert_serves(self, deployment, client_command=None):
+        """The broker serves with the deployment's flags; `client_command` (iommuctl's
+        arguments, --target first) runs against it and must succeed."""
         directory = tempfile.mkdtemp(prefix="deploy_flags_")
         self.addCleanup(shutil.rmtree, directory)
         broker = Broker(deployment, directory)
@@ -503,6 +506,10 @@ class DeployFlagsTest(unittest.TestCase):
                 self.assertEqual(broker.health("health_listen", BROKER_SERVICE), "SERVING", broker.output())
             if broker.flags.get("metrics_listen", "none") != "none":
                 self.assertIn("iommu_broker_build_info", broker.metrics())
+            if client_command is not None:
+                argv = [IOMMUCTL, f"--target={broker.connect_address('listen')}"] + client_command[1:]
+                result = run(argv)
+                self.assertEqual(result.returncode, 0, f"{shlex.join(argv)}\n{result.stdout}{result.stderr}")
         finally:
             status = broker.stop()
         self.assertEqual(status, 0, f"{deployment.name}: exit status {status}\n{broker.output()}")
@@ -548,7 +555,10 @@ class DeployFlagsTest(unittest.TestCase):
         for service in (broker, loadgen):
             self.assertIn(f"broker-socket:{socket_dir}", service["volumes"])
         self.assertIn("bench", loadgen["command"])
-        self.assert_serves(deployment)
+        # The load generator's own flags, for a second instead of LOADGEN_DURATION.
+        loadgen_command = [arg.replace("${LOADGEN_DURATION:-24h}", "1s") for arg in loadgen["command"]]
+        self.assertTrue(loadgen_command[0].startswith("--target="))
+        self.assert_serves(deployment, client_command=loadgen_command)
 
     def test_kubernetes_daemonset(self):
         deployment = kubernetes_deployment()
