@@ -328,8 +328,10 @@ absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const Ma
 }
 
 absl::Status Domain::CheckReservedOverlap(uint64_t iova, uint64_t size) const {
+  // By last bytes: a region may end exactly at 2^64, where start + size is 0.
+  const uint64_t last = iova + (size - 1);
   for (const ReservedRegion& region : config_.reserved) {
-    if (iova < region.start + region.size && region.start < iova + size) {
+    if (iova <= region.start + (region.size - 1) && region.start <= last) {
       return absl::AlreadyExistsError(absl::StrCat(
           "iova range ", RangeText(iova, iova + size), " overlaps reserved region ", region.name,
           " ", RangeText(region.start, region.start + region.size), " of domain ", id()));
