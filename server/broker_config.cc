@@ -180,7 +180,7 @@ bool IsLocalAddress(absl::string_view address) {
   return host == "localhost" || host == "[::1]" || absl::StartsWith(host, "127.");
 }
 
-absl::Status CheckSecurity(const v1::BrokerConfig& config) {
+absl::StatusOr<AccessPolicy> SecurityFromConfig(const v1::BrokerConfig& config) {
   absl::StatusOr<AccessPolicy> policy = AccessPolicy::Create(config.auth());
   if (!policy.ok()) return policy.status();
   if (absl::Status status = CheckTlsFiles(config.tls()); !status.ok()) return status;
@@ -198,7 +198,7 @@ absl::Status CheckSecurity(const v1::BrokerConfig& config) {
         " reaches beyond this host: serve it with auth identities and tls, or listen on "
         "loopback or a unix: socket"));
   }
-  return absl::OkStatus();
+  return policy;
 }
 
 }  // namespace iommu_broker

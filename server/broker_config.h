@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "core/iommu/iommu.h"
 #include "iommu_broker/v1/config.pb.h"
+#include "server/access_policy.h"
 #include "server/broker_service.h"
 
 namespace iommu_broker {
@@ -43,12 +44,13 @@ std::string MetricsListenAddress(const v1::BrokerConfig& config);
 // Whether `address` (host:port or unix:/path) reaches only this host: a
 // Unix socket, localhost, 127.0.0.0/8 or [::1].
 bool IsLocalAddress(absl::string_view address);
-// The config's auth, TLS and listeners fit together: identities valid,
-// TLS files usable, certificate identities only with a client CA, and a
-// listen address beyond this host only with identities and TLS (tokens
-// and data must not cross a network in the clear, and without identities
-// anyone who can connect may do anything).
-absl::Status CheckSecurity(const v1::BrokerConfig& config);
+// The config's access policy, once its auth, TLS and listeners are found
+// to fit together: identities valid, TLS files usable, certificate
+// identities only with a client CA, and a listen address beyond this host
+// only with identities and TLS (tokens and data must not cross a network
+// in the clear, and without identities anyone who can connect may do
+// anything).
+absl::StatusOr<AccessPolicy> SecurityFromConfig(const v1::BrokerConfig& config);
 
 }  // namespace iommu_broker
 

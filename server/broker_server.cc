@@ -41,8 +41,7 @@ absl::StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Start(const v1::Brok
   absl::StatusOr<ServiceLimits> limits = ServiceLimitsFromConfig(config);
   if (!limits.ok()) return limits.status();
   if (absl::Status grace = ShutdownGracePeriod(config).status(); !grace.ok()) return grace;
-  if (absl::Status security = CheckSecurity(config); !security.ok()) return security;
-  absl::StatusOr<AccessPolicy> policy = AccessPolicy::Create(config.auth());
+  absl::StatusOr<AccessPolicy> policy = SecurityFromConfig(config);
   if (!policy.ok()) return policy.status();
 
   std::unique_ptr<BrokerServer> server(new BrokerServer());
@@ -174,9 +173,7 @@ absl::Status BrokerServer::Reload(const v1::BrokerConfig& config) {
   v1::BrokerConfig effective = config;
   effective.set_listen_address(started_with_.listen_address());
   *effective.mutable_tls() = started_with_.tls();
-  absl::Status status = CheckSecurity(effective);
-  absl::StatusOr<AccessPolicy> policy =
-      status.ok() ? AccessPolicy::Create(config.auth()) : absl::StatusOr<AccessPolicy>(status);
+  absl::StatusOr<AccessPolicy> policy = SecurityFromConfig(effective);
   if (!policy.ok()) {
     log_->Error("reload", {{"result", absl::StatusCodeToString(policy.status().code())},
                            {"error", policy.status().message()}});

@@ -38,7 +38,7 @@ inline constexpr absl::string_view kServiceName = "iommu_broker.v1.IommuBroker";
 class BrokerServer final {
  public:
   // Fails, serving nothing, if the configuration is unusable (including
-  // its security: CheckSecurity), a start-up domain or device is refused,
+  // its security: SecurityFromConfig), a start-up domain or device is refused,
   // or an address cannot be bound. `log` must outlive the server.
   static absl::StatusOr<std::unique_ptr<BrokerServer>> Start(const v1::BrokerConfig& config,
                                                              Logger& log);

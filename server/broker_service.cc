@@ -64,6 +64,12 @@ absl::StatusOr<Caller> BrokerService::Admit(const grpc::CallbackServerContext& c
   return status;
 }
 
+absl::Status BrokerService::AdmitToDevice(const grpc::CallbackServerContext& context,
+                                          absl::string_view rpc, absl::string_view device_id) {
+  absl::StatusOr<Caller> caller = Admit(context, CallKind::kDataPath, rpc);
+  return caller.ok() ? caller->PermitDevice(device_id) : caller.status();
+}
+
 void BrokerService::Audit(const Caller& caller, absl::string_view action,
                           const absl::Status& status, std::initializer_list<LogField> fields) {
   if (status.ok()) {
@@ -273,9 +279,8 @@ grpc::ServerUnaryReactor* BrokerService::ListDevices(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* BrokerService::Map(grpc::CallbackServerContext* context,
                                              const v1::MapRequest* request,
                                              v1::MapResponse* response) {
-  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Map");
-  if (!caller.ok()) return Reply(context, caller.status());
-  if (absl::Status status = caller->PermitDevice(request->device_id()); !status.ok()) {
+  if (absl::Status status = AdmitToDevice(*context, "Map", request->device_id());
+      !status.ok()) {
     return Reply(context, status);
   }
   DataPath data_path(iommu_, operation_metrics_);
@@ -285,9 +290,8 @@ grpc::ServerUnaryReactor* BrokerService::Map(grpc::CallbackServerContext* contex
 grpc::ServerUnaryReactor* BrokerService::Unmap(grpc::CallbackServerContext* context,
                                                const v1::UnmapRequest* request,
                                                v1::UnmapResponse* response) {
-  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Unmap");
-  if (!caller.ok()) return Reply(context, caller.status());
-  if (absl::Status status = caller->PermitDevice(request->device_id()); !status.ok()) {
+  if (absl::Status status = AdmitToDevice(*context, "Unmap", request->device_id());
+      !status.ok()) {
     return Reply(context, status);
   }
   DataPath data_path(iommu_, operation_metrics_);
@@ -303,9 +307,8 @@ grpc::ServerUnaryReactor* BrokerService::Unmap(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* BrokerService::Translate(grpc::CallbackServerContext* context,
                                                    const v1::TranslateRequest* request,
                                                    v1::TranslateResponse* response) {
-  absl::StatusOr<Caller> caller = Admit(*context, CallKind::kDataPath, "Translate");
-  if (!caller.ok()) return Reply(context, caller.status());
-  if (absl::Status status = caller->PermitDevice(request->device_id()); !status.ok()) {
+  if (absl::Status status = AdmitToDevice(*context, "Translate", request->device_id());
+      !status.ok()) {
     return Reply(context, status);
   }
   DataPath data_path(iommu_, operation_metrics_);

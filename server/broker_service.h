@@ -129,6 +129,9 @@ class BrokerService final : public v1::IommuBroker::CallbackService {
   // admin call refused is audited.
   absl::StatusOr<Caller> Admit(const grpc::CallbackServerContext& context, CallKind kind,
                                absl::string_view rpc);
+  // Admit for a data-path call on `device_id`'s mappings.
+  absl::Status AdmitToDevice(const grpc::CallbackServerContext& context, absl::string_view rpc,
+                             absl::string_view device_id);
   // Logs an admin action: event=`action`, its fields, who, result=ok or the
   // code.
   void Audit(const Caller& caller, absl::string_view action, const absl::Status& status,

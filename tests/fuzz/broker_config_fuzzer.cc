@@ -99,7 +99,7 @@ void RunOne(absl::string_view input) {
   // parser's.
   v1::BrokerConfig without_files = *config;
   without_files.clear_tls();
-  CheckRefusal("CheckSecurity", CheckSecurity(without_files));
+  CheckRefusal("SecurityFromConfig", SecurityFromConfig(without_files).status());
   MaxMessageBytes(*config);
   ListenAddress(*config);
   MetricsListenAddress(*config);
