@@ -16,7 +16,7 @@ packages=(
   libcli11-dev
   python3-grpcio python3-protobuf
   prometheus  # prometheus + promtool: the dashboards/ tests
-  clang libclang-rt-14-dev  # libFuzzer targets (tests/fuzz/)
+  clang libclang-rt-14-dev  # the ASan tree and the libFuzzer targets (tests/fuzz/)
   yamllint docker-compose python3-yaml systemd  # deploy/ checks
   nodejs  # deploy/ checks: Kubernetes schema validation (deploy/tests/)
 )

@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): installs dependencies, then builds and
 # runs every test in four build trees:
 #   build/       the normal build (RelWithDebInfo): all tests
-#   build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer: all tests
+#   build-asan/  clang, AddressSanitizer + UndefinedBehaviorSanitizer: all tests
 #   build-tsan/  ThreadSanitizer: the tests labelled `concurrency`
 #   build-fuzz/  clang, libFuzzer + ASan + UBSan: the fuzz targets (label
 #                `fuzz`), for IOMMU_FUZZ_SECONDS (default 30) at once
@@ -56,8 +56,12 @@ if wants normal; then
 fi
 
 if wants asan; then
-  echo "=== AddressSanitizer + UBSan build: all tests ==="
-  configure_and_build build-asan "${debug_lines[@]}" -DIOMMU_SANITIZE=address \
+  echo "=== AddressSanitizer + UBSan build (clang): all tests ==="
+  # clang at -O1 (ASan's usual level) in unity batches compiles the
+  # sanitized tree in about 40% of GCC's time at -O2, and GCC still builds
+  # every file on its own in the normal tree (docs/DEVELOPMENT.md).
+  configure_and_build build-asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_UNITY_BUILD=ON \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DIOMMU_SANITIZE=address \
     -DIOMMU_BUILD_BENCHMARKS=OFF
   run_ctest build-asan
 fi

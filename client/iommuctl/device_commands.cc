@@ -43,7 +43,7 @@ void AddRegister(CLI::App& device, Cli& cli) {
   command->callback([&cli, request] { cli.Call(&BrokerClient::RegisterDevice, *request); });
 }
 
-void AddList(CLI::App& device, Cli& cli) {
+void AddListDevices(CLI::App& device, Cli& cli) {
   CLI::App* command = device.add_subcommand("list", "List devices");
   auto request = std::make_shared<v1::ListDevicesRequest>();
   command->add_option("--domain", *request->mutable_domain_id(),
@@ -52,7 +52,7 @@ void AddList(CLI::App& device, Cli& cli) {
       [&cli, request] { cli.Call(&BrokerClient::ListDevices, *request, DeviceTable); });
 }
 
-void AddGet(CLI::App& device, Cli& cli) {
+void AddGetDevice(CLI::App& device, Cli& cli) {
   CLI::App* command = device.add_subcommand("get", "Show a device");
   auto request = std::make_shared<v1::GetDeviceRequest>();
   AddDeviceId(*command, request->mutable_device_id());
@@ -104,8 +104,8 @@ void AddDeviceCommands(CLI::App& app, Cli& cli) {
   CLI::App* device = app.add_subcommand("device", "Register, attach and inspect devices");
   device->require_subcommand(1);
   AddRegister(*device, cli);
-  AddList(*device, cli);
-  AddGet(*device, cli);
+  AddListDevices(*device, cli);
+  AddGetDevice(*device, cli);
   AddUpdate(*device, cli);
   AddUnregister(*device, cli);
   AddAttach(*device, cli);

@@ -97,14 +97,14 @@ void AddCreate(CLI::App& domain, Cli& cli) {
   create->callback([&cli, request] { cli.Call(&BrokerClient::CreateDomain, *request); });
 }
 
-void AddList(CLI::App& domain, Cli& cli) {
+void AddListDomains(CLI::App& domain, Cli& cli) {
   CLI::App* list = domain.add_subcommand("list", "List domains with their devices and counters");
   list->callback([&cli] {
     cli.Call(&BrokerClient::ListDomains, v1::ListDomainsRequest(), DomainTable);
   });
 }
 
-void AddGet(CLI::App& domain, Cli& cli) {
+void AddGetDomain(CLI::App& domain, Cli& cli) {
   CLI::App* get = domain.add_subcommand("get", "Show a domain: spec, devices and counters");
   auto request = std::make_shared<v1::GetDomainRequest>();
   get->add_option("id", *request->mutable_domain_id(), "Domain id")->required();
@@ -140,8 +140,8 @@ void AddDomainCommands(CLI::App& app, Cli& cli) {
   CLI::App* domain = app.add_subcommand("domain", "Create, inspect and destroy domains");
   domain->require_subcommand(1);
   AddCreate(*domain, cli);
-  AddList(*domain, cli);
-  AddGet(*domain, cli);
+  AddListDomains(*domain, cli);
+  AddGetDomain(*domain, cli);
   AddDestroy(*domain, cli);
   AddPolicy(*domain, cli);
 }

@@ -917,8 +917,8 @@ TEST(EpochReclaimerTest, ReclaimRunsRetiredCallbacks) {
 }
 
 TEST(EpochReclaimerTest, RetireAsksForReclaimAtTheThreshold) {
+  int ran = 0;  // outlives the reclaimer, whose destructor runs the last callback
   EpochReclaimer reclaimer;
-  int ran = 0;
   for (size_t i = 1; i < EpochReclaimer::kAutoReclaimThreshold; ++i) {
     ASSERT_FALSE(reclaimer.Retire([&] { ++ran; })) << i;
   }
