@@ -199,9 +199,23 @@ void BrokerServer::Shutdown(absl::Duration grace) {
     server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(grace));
     // Last, so that probes see NOT_SERVING for as long as the broker drains.
     if (health_server_ != nullptr) health_server_->Shutdown();
-    for (const std::string& id : iommu_->DomainIds()) iommu_->Flush(id).IgnoreError();
+    for (const std::string& id : iommu_->DomainIds()) {
+      iommu_->Flush(id).IgnoreError();
+      LogDomainAtExit(id);
+    }
     log_->Info("stopped");
   });
+}
+
+void BrokerServer::LogDomainAtExit(const std::string& id) {
+  absl::StatusOr<DomainInfo> domain = iommu_->DescribeDomain(id);
+  if (!domain.ok()) return;  // destroyed by a call that finished meanwhile
+  const DomainStats& stats = domain->stats;
+  log_->Info("domain_at_exit", {{"domain", id},
+                                {"live_mappings", stats.live_mappings},
+                                {"maps", stats.maps},
+                                {"unmaps", stats.unmaps},
+                                {"pending_invalidations", stats.flush_queue.pending}});
 }
 
 void BrokerServer::Wait() { server_->Wait(); }

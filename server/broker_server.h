@@ -65,7 +65,8 @@ class BrokerServer final {
   absl::Status Reload(const v1::BrokerConfig& config);
 
   // Graceful stop: health NOT_SERVING, streams drained, in-flight calls
-  // given `grace` before they are cancelled, flush queues drained. Returns
+  // given `grace` before they are cancelled, flush queues drained, and one
+  // `domain_at_exit` log line per domain with what is still mapped. Returns
   // when everything has stopped.
   void Shutdown(absl::Duration grace);
   // Blocks until Shutdown has completed (from another thread).
@@ -77,6 +78,9 @@ class BrokerServer final {
   absl::Status StartGrpc(const v1::BrokerConfig& config, const ServiceLimits& limits);
   absl::Status StartMetrics(const v1::BrokerConfig& config);
   absl::Status StartHealthListener(const v1::BrokerConfig& config);
+  // What a drained domain still holds: live mappings are the clients'
+  // leaks, or the state a restart loses.
+  void LogDomainAtExit(const std::string& id);
   // On every listener's health service: the overall status and the
   // broker service's.
   void SetServing(bool serving);

@@ -9,15 +9,19 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cpp/health.h"
 #include "gmock/gmock.h"
@@ -82,6 +86,17 @@ void OpenBatch(const std::shared_ptr<grpc::Channel>& channel, OpenBatchStream* o
   ASSERT_TRUE(open->stream->Read(&response)) << "the Batch stream did not answer";
   ASSERT_EQ(response.results_size(), 1);
   EXPECT_EQ(response.results(0).status().code(), 0) << response.results(0).status().message();
+}
+
+// One unary call with a deadline, so a hung daemon fails the test.
+template <typename Request, typename Response>
+grpc::Status CallWithDeadline(
+    v1::IommuBroker::Stub& stub,
+    grpc::Status (v1::IommuBroker::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+    const Request& request, Response* response) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  return (stub.*method)(&context, request, response);
 }
 
 class DaemonTest : public ::testing::Test {
@@ -155,6 +170,71 @@ TEST_F(DaemonTest, ServesDeployConfigAndStopsOnSigterm) {
   EXPECT_THAT(log, HasSubstr("event=serving"));
   EXPECT_THAT(log, HasSubstr("event=draining"));
   EXPECT_THAT(log, HasSubstr("event=stopped"));
+}
+
+// Clients mapping (paranoid) and mapping then unmapping (fast) while the
+// daemon gets SIGTERM: each stops at its first refused call, and the
+// daemon's exit lines show every acknowledged map still there and the fast
+// domain's flush queue drained.
+TEST_F(DaemonTest, SigtermUnderLoadDrainsAndKeepsEveryAcknowledgedOperation) {
+  ChildProcess daemon(dir_.path(), "brokerd",
+                      Brokerd(ServeFlags({absl::StrCat("--config=", DeployConfigPath())})));
+  ASSERT_TRUE(daemon.started()) << "posix_spawn: " << daemon.spawn_error();
+  std::shared_ptr<grpc::Channel> channel = Connect();
+  ASSERT_TRUE(Serving(channel, daemon));
+
+  struct Load {
+    const char* device;
+    bool unmaps;  // each acknowledged map is followed by its unmap
+    std::atomic<uint64_t> live{0};
+    std::atomic<uint64_t> calls{0};
+  };
+  Load paranoid{"0000:00:01.0", false};
+  Load fast{"0000:00:02.0", true};
+  const auto run = [&channel](Load& load) {
+    std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(channel);
+    for (uint64_t i = 0;; ++i) {
+      v1::MapRequest map;
+      map.set_device_id(load.device);
+      map.set_phys(i * 4096);
+      map.set_size(4096);
+      map.mutable_permissions()->set_read(true);
+      v1::MapResponse mapped;
+      if (!CallWithDeadline(*stub, &v1::IommuBroker::Stub::Map, map, &mapped).ok()) return;
+      load.live.fetch_add(1);
+      load.calls.fetch_add(1);
+      if (!load.unmaps) continue;
+      v1::UnmapRequest unmap;
+      unmap.set_device_id(load.device);
+      unmap.set_iova(mapped.iova());
+      unmap.set_size(4096);
+      v1::UnmapResponse unmapped;
+      if (!CallWithDeadline(*stub, &v1::IommuBroker::Stub::Unmap, unmap, &unmapped).ok()) return;
+      load.live.fetch_sub(1);
+      load.calls.fetch_add(1);
+    }
+  };
+  std::thread paranoid_client(run, std::ref(paranoid));
+  std::thread fast_client(run, std::ref(fast));
+  const absl::Time give_up = absl::Now() + kChildProcessTimeout;
+  while ((paranoid.calls.load() < 100 || fast.calls.load() < 100) && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+
+  ASSERT_TRUE(daemon.Signal(SIGTERM));
+  paranoid_client.join();
+  fast_client.join();
+  const std::optional<int> exit_status = daemon.WaitForExit();
+  const std::string log = daemon.Stderr();
+  EXPECT_EQ(ExitCodeOf(exit_status), 0) << DescribeWaitStatus(exit_status) << "\n" << log;
+  EXPECT_GE(paranoid.calls.load(), 100u);
+  EXPECT_GE(fast.calls.load(), 100u);
+  EXPECT_THAT(log, HasSubstr(absl::StrCat("event=domain_at_exit domain=paranoid live_mappings=",
+                                          paranoid.live.load(), " ")));
+  EXPECT_THAT(log, HasSubstr(absl::StrCat("event=domain_at_exit domain=fast live_mappings=",
+                                          fast.live.load(), " ")));
+  EXPECT_THAT(log, ::testing::ContainsRegex(
+                       "event=domain_at_exit domain=fast [^\n]* pending_invalidations=0"));
 }
 
 TEST_F(DaemonTest, SigintAlsoStopsGracefully) {
