@@ -359,11 +359,6 @@ EventStream* BrokerService::WatchEvents(grpc::CallbackServerContext* context,
     return refuse(grpc::StatusCode::INVALID_ARGUMENT,
                   "set at least one of faults, invalidations to watch");
   }
-  if (!request->device_id().empty()) {
-    if (absl::Status status = iommu_.DescribeDevice(request->device_id()).status(); !status.ok()) {
-      return new Refusal<EventStream>(ToGrpcStatus(status));
-    }
-  }
   std::shared_ptr<FaultSubscription> faults;
   if (request->faults()) {
     absl::StatusOr<std::shared_ptr<FaultSubscription>> subscribed =
@@ -378,14 +373,29 @@ EventStream* BrokerService::WatchEvents(grpc::CallbackServerContext* context,
     if (!subscribed.ok()) return new Refusal<EventStream>(ToGrpcStatus(subscribed.status()));
     invalidations = *std::move(subscribed);
   }
-  if (!streams_.TryAcquire()) {
+  const auto unsubscribe = [&] {
     if (faults != nullptr) faults->Close();
     if (invalidations != nullptr) invalidations->Close();
+  };
+  // Read after subscribing: a later attach or move reaches the watcher as
+  // the device's own invalidation (WatchReactor follows it).
+  std::string device_domain;
+  if (!request->device_id().empty()) {
+    absl::StatusOr<DeviceInfo> device = iommu_.DescribeDevice(request->device_id());
+    if (!device.ok()) {
+      unsubscribe();
+      return new Refusal<EventStream>(ToGrpcStatus(device.status()));
+    }
+    device_domain = device->domain_id;
+  }
+  if (!streams_.TryAcquire()) {
+    unsubscribe();
     return refuse(grpc::StatusCode::RESOURCE_EXHAUSTED,
                   absl::StrCat("the broker serves at most ", streams_.max_streams(), " streams"));
   }
   auto* watcher = new WatchReactor(std::move(faults), std::move(invalidations),
                                    request->domain_id(), request->device_id(),
+                                   std::move(device_domain),
                                    [this](StoppableStream* done) { Forget(done); });
   Track(watcher);
   watcher->Start();

@@ -10,12 +10,14 @@ namespace iommu_broker {
 WatchReactor::WatchReactor(std::shared_ptr<FaultSubscription> faults,
                            std::shared_ptr<Invalidations> invalidations,
                            std::string domain_filter, std::string device_filter,
+                           std::string device_domain,
                            absl::AnyInvocable<void(StoppableStream*)> on_done)
     : faults_(std::move(faults)),
       invalidations_(std::move(invalidations)),
       domain_filter_(std::move(domain_filter)),
       device_filter_(std::move(device_filter)),
-      on_done_(std::move(on_done)) {}
+      on_done_(std::move(on_done)),
+      device_domain_(std::move(device_domain)) {}
 
 void WatchReactor::Start() {
   // Headers go out at once, so a client knows it is subscribed before the
@@ -55,12 +57,7 @@ bool WatchReactor::TakeInvalidationLocked() {
   if (invalidations_ == nullptr) return false;
   while (std::optional<InvalidationEvent> invalidation =
              invalidations_->Next(absl::ZeroDuration())) {
-    if (!domain_filter_.empty() && invalidation->domain_id != domain_filter_) continue;
-    // Range and domain invalidations concern every device of the domain.
-    if (!device_filter_.empty() && invalidation->scope == InvalidationScope::kRequester &&
-        invalidation->device_id != device_filter_) {
-      continue;
-    }
+    if (!WantedLocked(*invalidation)) continue;
     event_.Clear();
     InvalidationToProto(*invalidation, event_.mutable_invalidation());
     const uint64_t dropped = invalidations_->dropped();
@@ -69,6 +66,19 @@ bool WatchReactor::TakeInvalidationLocked() {
     return true;
   }
   return false;
+}
+
+bool WatchReactor::WantedLocked(const InvalidationEvent& invalidation) {
+  const bool device_event = invalidation.scope == InvalidationScope::kRequester;
+  if (!device_filter_.empty() && device_event && invalidation.device_id == device_filter_) {
+    // Attach and move end with the event for the device's new domain.
+    device_domain_ = invalidation.domain_id;
+  }
+  if (!domain_filter_.empty() && invalidation.domain_id != domain_filter_) return false;
+  if (device_filter_.empty()) return true;
+  if (device_event) return invalidation.device_id == device_filter_;
+  // Range and domain invalidations concern every device of their domain.
+  return invalidation.domain_id == device_domain_;
 }
 
 void WatchReactor::WriteNextLocked() {

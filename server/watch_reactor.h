@@ -34,11 +34,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public St
 
   // Either subscription may be null (not watched); `faults` holds only the
   // watched domain's faults already, `invalidations` every domain's. Empty
-  // filters pass everything. `on_done` runs once in OnDone, before the
-  // reactor is deleted.
+  // filters pass everything. With a device filter, `device_domain` is the
+  // device's domain (empty: detached) as of after `invalidations` was
+  // subscribed. `on_done` runs once in OnDone, before the reactor is
+  // deleted.
   WatchReactor(std::shared_ptr<FaultSubscription> faults,
                std::shared_ptr<Invalidations> invalidations, std::string domain_filter,
-               std::string device_filter, absl::AnyInvocable<void(StoppableStream*)> on_done);
+               std::string device_filter, std::string device_domain,
+               absl::AnyInvocable<void(StoppableStream*)> on_done);
 
   // Starts delivering; call once, after the reactor is registered.
   void Start();
@@ -55,6 +58,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public St
   // The next wanted event into event_; false if none is queued.
   bool TakeFaultLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   bool TakeInvalidationLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Whether the filters pass `invalidation`; follows the watched device
+  // from domain to domain as its own invalidations tell.
+  bool WantedLocked(const InvalidationEvent& invalidation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const std::shared_ptr<FaultSubscription> faults_;
@@ -65,6 +71,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Event>, public St
 
   std::mutex mutex_;
   v1::Event event_ ABSL_GUARDED_BY(mutex_);
+  // The watched device's domain: set at attach and move by the device's own
+  // invalidation, which comes before any range invalidation of its new
+  // domain. After a detach it stays the domain the device left, whose range
+  // invalidations keep coming: harmless to a cache, which holds nothing of
+  // a detached device.
+  std::string device_domain_ ABSL_GUARDED_BY(mutex_);
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   bool finished_ ABSL_GUARDED_BY(mutex_) = false;

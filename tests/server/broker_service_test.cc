@@ -1448,6 +1448,45 @@ TEST_F(BrokerServiceTest, WatchDeliversDeviceAndDomainInvalidations) {
   events.stream->Finish();
 }
 
+// A device filter passes the range invalidations of the device's own
+// domain only, and follows the device when it moves.
+TEST_F(BrokerServiceTest, WatchDeviceFilterFollowsTheDeviceFromDomainToDomain) {
+  SetUpAttachedDevice(v1::POLICY_PARANOID);
+  CreateDomain(kOtherDomain, v1::POLICY_PARANOID);
+  RegisterDevice(kOtherDevice);
+  Attach(kOtherDevice, kOtherDomain);
+  EventStream events = Watch(stub(), WatchInvalidations("", kDevice));
+  const auto map_and_unmap = [this](const std::string& device, uint64_t iova) {
+    MustMap(MapAt(device, iova, 0x100000, kPage));
+    ASSERT_THAT(Unmap(UnmapOf(device, iova, kPage)).status, IsOk());
+  };
+  map_and_unmap(kOtherDevice, 0x10000);  // the other domain: filtered out
+  map_and_unmap(kDevice, 0x20000);
+  Attach(kDevice, kOtherDomain);  // a move: now the other domain is the device's
+  map_and_unmap(kOtherDevice, 0x30000);
+
+  const auto next = [&events] {
+    v1::Event event;
+    EXPECT_TRUE(events.stream->Read(&event));
+    return event.invalidation();
+  };
+  v1::Invalidation invalidation = next();
+  EXPECT_EQ(invalidation.scope(), v1::Invalidation::SCOPE_RANGE);
+  EXPECT_EQ(invalidation.domain_id(), kDomain);
+  EXPECT_EQ(invalidation.iova(), 0x20000u);
+  for (const char* domain : {kDomain, kOtherDomain}) {  // the move: left, then joined
+    invalidation = next();
+    EXPECT_EQ(invalidation.scope(), v1::Invalidation::SCOPE_DEVICE);
+    EXPECT_EQ(invalidation.domain_id(), domain);
+  }
+  invalidation = next();
+  EXPECT_EQ(invalidation.scope(), v1::Invalidation::SCOPE_RANGE);
+  EXPECT_EQ(invalidation.domain_id(), kOtherDomain);
+  EXPECT_EQ(invalidation.iova(), 0x30000u);
+  events.context->TryCancel();
+  events.stream->Finish();
+}
+
 TEST_F(BrokerServiceTest, WatchRefusesNothingToWatchAndUnknownIds) {
   CreateDomain(kDomain, v1::POLICY_PARANOID);
 
