@@ -81,7 +81,7 @@ if wants fuzz; then
   cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_BUILD_FUZZERS=ON \
     -DIOMMU_BUILD_BENCHMARKS=OFF -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O0 -g1 -DNDEBUG" >/dev/null
   cmake --build build-fuzz --parallel "$jobs" --target fuzzers
-  # All three at once: each gets two thirds of a core for the whole budget,
-  # where two at a time would leave a core idle while the third runs.
-  ctest --test-dir build-fuzz --output-on-failure --parallel 3 --timeout 600 -L fuzz
+  # All four at once: each gets half a core for the whole budget, where two
+  # at a time would take twice the wall time.
+  ctest --test-dir build-fuzz --output-on-failure --parallel 4 --timeout 600 -L fuzz
 fi

@@ -3,7 +3,8 @@
 // handlers themselves (grpc::testing::DefaultReactorTestPeer stands in for
 // the call); a Batch message goes operation by operation through DataPath,
 // as BatchReactor runs it. The streaming calls (WatchEvents,
-// LinkDeviceIotlb) need a live stream and are not covered here.
+// LinkDeviceIotlb, Batch streams) need a live stream: broker_stream_fuzzer
+// covers them.
 //
 // Input: records of [kind][length][length bytes]; kind (modulo the number
 // of request kinds, kRequests below) names the message, the bytes are
@@ -47,6 +48,7 @@
 #include "server/data_path.h"
 #include "server/log.h"
 #include "server/operation_metrics.h"
+#include "tests/fuzz/documented_codes.h"
 #include "tests/server/broker_state.h"
 
 namespace iommu_broker {
@@ -59,23 +61,6 @@ using testing::ReadBrokerState;
 [[noreturn]] void Fail(absl::string_view what) {
   std::fprintf(stderr, "broker_service_fuzzer: %.*s\n", static_cast<int>(what.size()), what.data());
   std::abort();
-}
-
-// The codes the API documents (protos/iommu_broker/v1/iommu_broker.proto).
-bool DocumentedCode(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk:
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kResourceExhausted:
-      return true;
-    default:
-      return false;
-  }
 }
 
 // Codes that promise the request changed nothing.

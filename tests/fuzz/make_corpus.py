@@ -19,6 +19,11 @@ protos/ into a temporary directory and writes:
                          (kinds as in broker_service_fuzzer.cc's kRequests):
                          data-path traffic on each policy, admin calls, a
                          Batch, and numeric extremes.
+  broker_stream_fuzzer/  records [kind][length][plan][...] (as in
+                         broker_stream_fuzzer.cc): watches of each kind, and
+                         refused ones; links that acknowledge, that do not,
+                         and refused ones; Batch streams ended in each way,
+                         held ones filling the stream limit.
   broker_config_fuzzer/  [0 = text format | 1 = JSON][config file]: the
                          shipped default configuration in both syntaxes, a
                          minimal one, and one that validation refuses.
@@ -41,6 +46,12 @@ KINDS = [
     "RegisterDevice", "UpdateDevice", "UnregisterDevice", "AttachDevice", "DetachDevice",
     "GetDevice", "ListDevices", "Map", "Unmap", "Translate", "Flush", "GetStats", "Batch",
 ]
+# broker_stream_fuzzer.cc's record kinds, in order, and its steps.
+STREAM_KINDS = ["watch", "link", "batch"]
+LINK_STEPS = ["write", "read", "ack", "unmap"]
+BATCH_STEPS = ["write", "read"]
+BATCH_ENDS = ["writes_done", "cancel", "abandon", "hold"]
+DEVICES = ["0", "1", "2", "3"]
 PAGE = 4096
 TOP = 2**64 - 1
 
@@ -145,6 +156,101 @@ def service_seeds(api):
     return seeds
 
 
+def stream_record(kind, plan, body):
+    payload = bytes([plan]) + body
+    assert len(payload) < 256, (kind, len(payload))
+    return bytes([STREAM_KINDS.index(kind), len(payload)]) + payload
+
+
+def step(steps, op, data=b""):
+    if not isinstance(data, bytes):
+        data = data.SerializeToString()
+    assert len(data) < 256, (op, len(data))
+    return bytes([steps.index(op), len(data)]) + data
+
+
+def watch(request, fault=False, unmap=False, on="0", reads=0):
+    plan = int(fault) | int(unmap) << 1 | DEVICES.index(on) << 2 | reads << 4
+    return stream_record("watch", plan, request.SerializeToString())
+
+
+def link(steps, cancel=False):
+    return stream_record("link", int(cancel), b"".join(step(LINK_STEPS, *s) for s in steps))
+
+
+def batch(steps, end):
+    return stream_record("batch", BATCH_ENDS.index(end),
+                         b"".join(step(BATCH_STEPS, *s) for s in steps))
+
+
+def stream_seeds(api):
+    rw = api.Permissions(read=True, write=True)
+
+    def link_to(device):
+        return api.DeviceIotlbRequest(link=api.LinkDeviceIotlb(device_id=device))
+
+    def ack(sequence):
+        return api.DeviceIotlbRequest(acknowledged_sequence=sequence)
+
+    def page(device, index):  # the bytes of a link's unmap step
+        return bytes([DEVICES.index(device), index])
+
+    def ops(*operations):
+        return api.BatchRequest(operations=list(operations))
+
+    def map_op(device, iova):
+        return api.Operation(map=api.MapRequest(device_id=device, phys=iova, size=PAGE,
+                                                iova=iova, permissions=rw))
+
+    def unmap_op(device, iova):
+        return api.Operation(unmap=api.UnmapRequest(device_id=device, iova=iova, size=PAGE))
+
+    def translate_op(device, iova):
+        return api.Operation(translate=api.TranslateRequest(device_id=device, iova=iova, size=PAGE,
+                                                            access=api.ACCESS_WRITE))
+
+    flush_f = api.Operation(flush=api.FlushRequest(domain_id="f"))
+    traffic = ops(map_op("0", 0x10000), translate_op("0", 0x10000), unmap_op("0", 0x10000),
+                  map_op("1", 0x20000), unmap_op("1", 0x20000), flush_f)
+    return {
+        "watch_faults": watch(api.WatchEventsRequest(domain_id="p", faults=True),
+                              fault=True, on="0", reads=1),
+        "watch_invalidations": watch(api.WatchEventsRequest(domain_id="f", invalidations=True),
+                                     unmap=True, on="1", reads=3),
+        "watch_device": watch(api.WatchEventsRequest(device_id="2", faults=True,
+                                                     invalidations=True),
+                              fault=True, unmap=True, on="2", reads=3),
+        "watch_all_detached": watch(api.WatchEventsRequest(faults=True, invalidations=True),
+                                    fault=True, unmap=True, on="3", reads=2),
+        "watch_refused": watch(api.WatchEventsRequest(domain_id="p"), fault=True)
+                         + watch(api.WatchEventsRequest(domain_id="x", faults=True))
+                         + watch(api.WatchEventsRequest(device_id="9", invalidations=True)),
+        "link_paranoid_acked": link([("write", link_to("0")), ("read",), ("unmap", page("0", 1)),
+                                     ("read",), ("ack",), ("unmap", page("0", 2)), ("read",),
+                                     ("ack",)]),
+        # Reads for longer than the acknowledgement timeout: the cache is cut off.
+        "link_paranoid_silent": link([("write", link_to("0")), ("read",), ("unmap", page("0", 3))]
+                                     + [("read",)] * 10),
+        "link_cancelled": link([("write", link_to("0")), ("unmap", page("0", 4)), ("read",)],
+                               cancel=True),
+        "link_fast": link([("write", link_to("1")), ("read",), ("unmap", page("1", 1)),
+                           ("unmap", page("1", 2)), ("read",), ("ack",), ("write", ack(9))]),
+        "link_refused": link([("write", ack(1))])
+                        + link([("write", link_to("9"))])
+                        + link([("write", link_to("2")), ("write", link_to("2"))], cancel=True),
+        "batch_writes_done": batch([("write", traffic), ("read",), ("write", traffic),
+                                    ("write", ops())], "writes_done"),
+        "batch_cancelled": batch([("write", traffic), ("write", traffic)], "cancel"),
+        "batch_abandoned": batch([("write", traffic), ("read",), ("write", traffic)], "abandon"),
+        "batch_over_limit": batch([("write", ops(*[translate_op("2", 0x1000)] * 9)), ("read",)],
+                                  "writes_done"),
+        "batch_held": b"".join(batch([("write", ops(map_op("0", 0x30000 + i * PAGE)))], "hold")
+                               for i in range(3))
+                      + watch(api.WatchEventsRequest(faults=True), reads=1)
+                      + batch([("write", traffic), ("read",)], "writes_done"),
+    }
+
+
 def config_seeds(config_pb2):
     from google.protobuf import json_format, text_format
 
@@ -169,7 +275,8 @@ def main():
     work = tempfile.mkdtemp()
     try:
         api, config_pb2 = compile_protos(work)
-        for fuzzer in ("iommu_ops_fuzzer", "broker_service_fuzzer", "broker_config_fuzzer"):
+        for fuzzer in ("iommu_ops_fuzzer", "broker_service_fuzzer", "broker_stream_fuzzer",
+                       "broker_config_fuzzer"):
             shutil.rmtree(os.path.join(CORPUS, fuzzer), ignore_errors=True)
             os.makedirs(os.path.join(CORPUS, fuzzer))
         rng = random.Random(0x5eed)
@@ -179,6 +286,8 @@ def main():
                       bytes([scenario]) + bytes(rng.randrange(256) for _ in range(length - 1)))
         for name, data in service_seeds(api).items():
             write("broker_service_fuzzer", name, data)
+        for name, data in stream_seeds(api).items():
+            write("broker_stream_fuzzer", name, data)
         for name, data in config_seeds(config_pb2).items():
             write("broker_config_fuzzer", name, data)
     finally:
