@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -218,13 +219,21 @@ TEST_F(DeviceIotlbTest, FastMarksUnmappedPagesStaleThenEvictsThemAtTheFlush) {
   std::vector<std::atomic<uint64_t>> flushed_at(kGenerations);  // 0: not yet
   std::atomic<int> unmarked_stale{0};
   std::atomic<int> after_flush{0};
+  std::mutex violation_mutex;
+  std::string violation;
   const uint64_t translations = RemapWhileTranslating(
       kGenerations,
       [&](const v1::TranslateResponse& dma, int generation, uint64_t started) {
         const uint64_t noticed = noticed_at[generation].load();
         const uint64_t flushed = flushed_at[generation].load();
         if (noticed != 0 && noticed <= started && !dma.stale()) unmarked_stale.fetch_add(1);
-        if (flushed != 0 && flushed <= started) after_flush.fetch_add(1);
+        if (flushed != 0 && flushed <= started) {
+          after_flush.fetch_add(1);
+          std::lock_guard<std::mutex> lock(violation_mutex);
+          violation = absl::StrCat("generation ", generation, " noticed ", noticed, " flushed ",
+                                   flushed, " started ", started, " now ", clock_.load(), ": ",
+                                   dma.ShortDebugString());
+        }
       },
       [&](int generation, uint64_t iova) {
         const uint64_t before = iotlb_->Stats().invalidations;
@@ -237,7 +246,7 @@ TEST_F(DeviceIotlbTest, FastMarksUnmappedPagesStaleThenEvictsThemAtTheFlush) {
         flushed_at[generation].store(Tick());
       });
   EXPECT_EQ(unmarked_stale.load(), 0);
-  EXPECT_EQ(after_flush.load(), 0);
+  EXPECT_EQ(after_flush.load(), 0) << violation;
   EXPECT_GT(translations, 0u);
 }
 
