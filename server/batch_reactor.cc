@@ -7,6 +7,13 @@
 #include "server/status.h"
 
 namespace iommu_broker {
+namespace {
+
+// A 256-operation message takes about 40 KiB of either kind; larger ones
+// spill into blocks the next message frees.
+constexpr size_t kArenaBlockBytes = 64 * 1024;
+
+}  // namespace
 
 BatchReactor::BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations,
                            StreamLimit& streams, const std::atomic<bool>& draining, Caller caller)
@@ -15,8 +22,10 @@ BatchReactor::BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_o
       max_operations_(max_operations),
       streams_(streams),
       draining_(draining),
-      caller_(std::move(caller)) {
-  StartRead(&request_);
+      caller_(std::move(caller)),
+      request_(kArenaBlockBytes),
+      response_(kArenaBlockBytes) {
+  StartRead(request_.get());
 }
 
 void BatchReactor::OnReadDone(bool ok) {
@@ -29,17 +38,17 @@ void BatchReactor::OnReadDone(bool ok) {
                         "the broker is shutting down; this batch was not run"));
     return;
   }
-  const size_t operations = static_cast<size_t>(request_.operations_size());
+  const size_t operations = static_cast<size_t>(request_->operations_size());
   if (operations > max_operations_) {
     Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("batch of ", operations, " operations exceeds the limit of ",
                                      max_operations_, "; nothing in it was run")));
     return;
   }
-  response_.Clear();
+  v1::BatchResponse& response = response_.Renew();
   DataPath data_path(iommu_, metrics_);
-  for (const v1::Operation& operation : request_.operations()) {
-    v1::OperationResult* result = response_.add_results();
+  for (const v1::Operation& operation : request_->operations()) {
+    v1::OperationResult* result = response.add_results();
     if (absl::Status permitted = caller_.PermitOperation(iommu_, operation); !permitted.ok()) {
       ToOperationStatus(permitted, result->mutable_status());
       continue;
@@ -49,10 +58,10 @@ void BatchReactor::OnReadDone(bool ok) {
   // Paranoid unmaps with device-side IOTLBs linked: the results go out
   // once the caches dropped what the unmaps removed.
   if (std::shared_ptr<Completion> acks = data_path.TakeDeviceTlbAcks()) {
-    acks->OnDone([this] { StartWrite(&response_); });
+    acks->OnDone([this, &response] { StartWrite(&response); });
     return;
   }
-  StartWrite(&response_);
+  StartWrite(&response);
 }
 
 void BatchReactor::OnWriteDone(bool ok) {
@@ -60,7 +69,7 @@ void BatchReactor::OnWriteDone(bool ok) {
     Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
     return;
   }
-  StartRead(&request_);
+  StartRead(&request_.Renew());
 }
 
 void BatchReactor::OnDone() {

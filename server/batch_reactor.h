@@ -1,7 +1,8 @@
 // BatchReactor serves one Batch stream: it reads a BatchRequest, runs its
 // operations in order (each with its own status), writes the BatchResponse,
-// and reads the next, reusing one request and one response buffer for the
-// stream's life. A message above the operation limit ends the stream with
+// and reads the next. Request and response live on arenas the stream keeps
+// (server/arena_message.h), so a message's operations cost no malloc each.
+// A message above the operation limit ends the stream with
 // RESOURCE_EXHAUSTED; once the broker drains, the next message ends it with
 // UNAVAILABLE without running it. An operation on a device or domain the
 // caller may not use fails alone, PERMISSION_DENIED.
@@ -20,6 +21,7 @@
 #include "grpcpp/support/server_callback.h"
 #include "iommu_broker/v1/iommu_broker.pb.h"
 #include "server/access_control.h"
+#include "server/arena_message.h"
 #include "server/operation_metrics.h"
 #include "server/stream_limit.h"
 
@@ -29,8 +31,8 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
  public:
   // `slot` was acquired from `streams` for this stream; `draining` and the
   // rest outlive it.
-  BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations,
-               StreamLimit& streams, const std::atomic<bool>& draining, Caller caller);
+  BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations, StreamLimit& streams,
+               const std::atomic<bool>& draining, Caller caller);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -43,8 +45,10 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   StreamLimit& streams_;
   const std::atomic<bool>& draining_;
   const Caller caller_;  // each operation is checked against it
-  v1::BatchRequest request_;
-  v1::BatchResponse response_;
+  // Renewed after each write (the request) and before each answer is built
+  // (the response): a read and a write never overlap, so neither is in use.
+  ArenaMessage<v1::BatchRequest> request_;
+  ArenaMessage<v1::BatchResponse> response_;
 };
 
 }  // namespace iommu_broker
