@@ -29,7 +29,9 @@
 // Counters (wall time throughout, ->UseRealTime()):
 //   items_per_second  total pairs (unary) or operations (Batch) per second;
 //   p50_us, p99_us    per-pair latency (Map + Unmap as one caller sees it)
-//                     over every pair of every caller in the run.
+//                     over every pair of every caller in the run;
+//   call_p50_us, call_p99_us  per-call latency (each Map and each Unmap
+//                     RPC on its own) over every call of the run.
 // Batch's Time is per message (256 operations).
 //
 // Run a Release build:
@@ -56,6 +58,7 @@
 #include "grpcpp/server_builder.h"
 #include "iommu_broker/v1/config.pb.h"
 #include "iommu_broker/v1/iommu_broker.grpc.pb.h"
+#include "server/arena_message.h"
 #include "server/broker_server.h"
 #include "server/log.h"
 
@@ -73,8 +76,7 @@ constexpr char kDeviceId[] = "dev";
 // operation's kind, so the response has the real one's shape and count.
 class EmptyService final : public v1::IommuBroker::CallbackService {
  public:
-  grpc::ServerUnaryReactor* Map(grpc::CallbackServerContext* context,
-                                const v1::MapRequest* request,
+  grpc::ServerUnaryReactor* Map(grpc::CallbackServerContext* context, const v1::MapRequest* request,
                                 v1::MapResponse* response) override {
     response->set_iova(request->phys());
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -98,16 +100,18 @@ class EmptyService final : public v1::IommuBroker::CallbackService {
  private:
   class EmptyBatch final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse> {
    public:
-    EmptyBatch() { StartRead(&request_); }
+    EmptyBatch() : request_(kArenaBlockBytes), response_(kArenaBlockBytes) {
+      StartRead(request_.get());
+    }
 
     void OnReadDone(bool ok) override {
       if (!ok) {
         Finish(grpc::Status::OK);
         return;
       }
-      response_.Clear();
-      for (const v1::Operation& operation : request_.operations()) {
-        v1::OperationResult* result = response_.add_results();
+      v1::BatchResponse& response = response_.Renew();
+      for (const v1::Operation& operation : request_->operations()) {
+        v1::OperationResult* result = response.add_results();
         result->mutable_status();
         if (operation.has_map()) {
           result->mutable_map();
@@ -115,7 +119,7 @@ class EmptyService final : public v1::IommuBroker::CallbackService {
           result->mutable_unmap();
         }
       }
-      StartWrite(&response_);
+      StartWrite(&response);
     }
 
     void OnWriteDone(bool ok) override {
@@ -123,14 +127,16 @@ class EmptyService final : public v1::IommuBroker::CallbackService {
         Finish(grpc::Status::CANCELLED);
         return;
       }
-      StartRead(&request_);
+      StartRead(&request_.Renew());
     }
 
     void OnDone() override { delete this; }
 
    private:
-    v1::BatchRequest request_;
-    v1::BatchResponse response_;
+    // As the broker's BatchReactor keeps them, so both pay alike for messages.
+    static constexpr size_t kArenaBlockBytes = 64 * 1024;
+    ArenaMessage<v1::BatchRequest> request_;
+    ArenaMessage<v1::BatchResponse> response_;
   };
 };
 
@@ -199,17 +205,17 @@ class Servers {
 enum class Target { kReal, kEmpty };
 
 std::shared_ptr<grpc::Channel> ChannelFor(Target target) {
-  return target == Target::kReal ? Servers::Get().real_channel()
-                                 : Servers::Get().empty_channel();
+  return target == Target::kReal ? Servers::Get().real_channel() : Servers::Get().empty_channel();
 }
 
-// Per-pair latencies of every caller of one run. Callers record into their
-// own vectors and hand them over after the timed loop; the last one to hand
-// over computes the percentiles (the others then report 0, and Google
-// Benchmark sums a counter over threads, so the run shows that one value).
+// Latencies of every caller of one run. Callers record into their own
+// vectors and hand them over after the timed loop; the last one to hand over
+// computes the percentiles (the others then report 0, and Google Benchmark
+// sums a counter over threads, so the run shows that one value).
 struct LatencyPool {
   std::mutex mutex;
-  std::vector<int64_t> nanos;
+  std::vector<int64_t> pair_nanos;  // Map + Unmap
+  std::vector<int64_t> call_nanos;  // each RPC
   int handed_over = 0;
 };
 
@@ -230,7 +236,8 @@ void BM_UnaryMapUnmap(benchmark::State& state) {
   if (state.thread_index() == 0) {
     // Before the loop's start barrier, so no caller of this run records yet.
     std::lock_guard<std::mutex> lock(pool.mutex);
-    pool.nanos.clear();
+    pool.pair_nanos.clear();
+    pool.call_nanos.clear();
     pool.handed_over = 0;
   }
   std::unique_ptr<v1::IommuBroker::Stub> stub = v1::IommuBroker::NewStub(ChannelFor(kTarget));
@@ -245,8 +252,15 @@ void BM_UnaryMapUnmap(benchmark::State& state) {
   v1::UnmapRequest unmap;
   unmap.set_device_id(kDeviceId);
   unmap.set_size(kPage);
-  std::vector<int64_t> latencies;
-  latencies.reserve(1 << 16);
+  std::vector<int64_t> pair_latencies;
+  std::vector<int64_t> call_latencies;
+  pair_latencies.reserve(1 << 16);
+  call_latencies.reserve(1 << 17);
+  auto nanos_since = [](std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                                start)
+        .count();
+  };
 
   for (auto _ : state) {
     const auto start = std::chrono::steady_clock::now();
@@ -257,6 +271,8 @@ void BM_UnaryMapUnmap(benchmark::State& state) {
       state.SkipWithError(absl::StrCat("Map: ", status.error_message()).c_str());
       break;
     }
+    const int64_t map_nanos = nanos_since(start);
+    const auto unmap_start = std::chrono::steady_clock::now();
     unmap.set_iova(mapped.iova());
     v1::UnmapResponse unmapped;
     grpc::ClientContext unmap_context;
@@ -265,22 +281,23 @@ void BM_UnaryMapUnmap(benchmark::State& state) {
       state.SkipWithError(absl::StrCat("Unmap: ", status.error_message()).c_str());
       break;
     }
-    latencies.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                            std::chrono::steady_clock::now() - start)
-                            .count());
+    call_latencies.push_back(map_nanos);
+    call_latencies.push_back(nanos_since(unmap_start));
+    pair_latencies.push_back(nanos_since(start));
   }
   state.SetItemsProcessed(state.iterations());
 
   std::lock_guard<std::mutex> lock(pool.mutex);
-  pool.nanos.insert(pool.nanos.end(), latencies.begin(), latencies.end());
-  if (++pool.handed_over == state.threads()) {
-    std::sort(pool.nanos.begin(), pool.nanos.end());
-    state.counters["p50_us"] = Percentile(pool.nanos, 0.50) / 1000;
-    state.counters["p99_us"] = Percentile(pool.nanos, 0.99) / 1000;
-  } else {
-    state.counters["p50_us"] = 0;
-    state.counters["p99_us"] = 0;
-  }
+  pool.pair_nanos.insert(pool.pair_nanos.end(), pair_latencies.begin(), pair_latencies.end());
+  pool.call_nanos.insert(pool.call_nanos.end(), call_latencies.begin(), call_latencies.end());
+  const bool last = ++pool.handed_over == state.threads();
+  auto report = [&](const char* prefix, std::vector<int64_t>& nanos) {
+    if (last) std::sort(nanos.begin(), nanos.end());
+    state.counters[absl::StrCat(prefix, "p50_us")] = last ? Percentile(nanos, 0.50) / 1000 : 0;
+    state.counters[absl::StrCat(prefix, "p99_us")] = last ? Percentile(nanos, 0.99) / 1000 : 0;
+  };
+  report("", pool.pair_nanos);
+  report("call_", pool.call_nanos);
 }
 
 template <Target kTarget>
@@ -326,8 +343,9 @@ void BM_BatchMapUnmap(benchmark::State& state) {
         return false;
       }
       if (i < kMapsPerMessage) {
-        request.mutable_operations(kMapsPerMessage + i)->mutable_unmap()->set_iova(
-            result.map().iova());
+        request.mutable_operations(kMapsPerMessage + i)
+            ->mutable_unmap()
+            ->set_iova(result.map().iova());
       }
     }
     return true;
