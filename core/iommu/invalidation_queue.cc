@@ -75,33 +75,36 @@ uint64_t InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> 
     // Our descriptors ride in the open batch, which cannot have started yet.
     // Whoever finds the queue idle executes the open batch for everyone in it.
     open_batch_.insert(open_batch_.end(), descriptors.begin(), descriptors.end());
+    ++open_batch_callers_;
     posted_.fetch_add(1, std::memory_order_release);
     const uint64_t mine = open_batch_number_;
     bool gathered = false;
     while (completed_batch_number_ < mine) {
       if (executing_) {
-        AwaitBatchEnd(lock);
+        if (AwaitBatchEnd(lock, mine)) break;  // ours is done; the lock is released
         continue;
       }
-      if (!gathered && last_leader_ != std::this_thread::get_id() &&
-          last_leader_ != std::thread::id() && cost_.fixed > absl::ZeroDuration()) {
+      if (!gathered && open_batch_callers_ == 1 && ExpectCompany()) {
         gathered = true;
         GatherOthers(lock);
         continue;  // someone else may have run the batch meanwhile
       }
       std::vector<InvalidationDescriptor> batch;
       batch.swap(open_batch_);
+      last_batch_callers_ = std::exchange(open_batch_callers_, 0);
       RunBatch(lock, batch);
     }
   } else {
     // Naive strict invalidation: our own batch, after everyone else's.
-    while (executing_) AwaitBatchEnd(lock);
+    while (executing_) AwaitBatchEnd(lock, /*mine=*/0);
     std::vector<InvalidationDescriptor> batch(descriptors.begin(), descriptors.end());
     RunBatch(lock, batch);
   }
+  if (lock.owns_lock()) lock.unlock();
   const uint64_t waited = NanosOf(std::chrono::steady_clock::now() - start);
-  ++stats_.calls;
-  stats_.wait_nanos += waited;
+  CallStats& slot = call_stats_.Local();
+  AddOwned(slot.calls, 1);
+  AddOwned(slot.wait_nanos, static_cast<int64_t>(waited));
   return waited;
 }
 
@@ -122,6 +125,14 @@ void InvalidationQueue::RunBatch(std::unique_lock<std::mutex>& lock,
   batch_done_.notify_all();
 }
 
+bool InvalidationQueue::ExpectCompany() const {
+  if (cost_.fixed <= absl::ZeroDuration()) return false;  // nothing to save
+  // Two callers or more shared the last batch, or someone else led it:
+  // others are unmapping too, and one of them is likely on its way.
+  return last_batch_callers_ > 1 ||
+         (last_leader_ != std::this_thread::get_id() && last_leader_ != std::thread::id());
+}
+
 void InvalidationQueue::GatherOthers(std::unique_lock<std::mutex>& lock) {
   const uint64_t seen = posted_.load(std::memory_order_acquire);
   const auto deadline = std::chrono::steady_clock::now() +
@@ -134,16 +145,20 @@ void InvalidationQueue::GatherOthers(std::unique_lock<std::mutex>& lock) {
   LockSpinning(lock);
 }
 
-void InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock) {
+bool InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock, uint64_t mine) {
   constexpr int kSpins = 2000;  // a few microseconds of pause instructions
   const uint64_t seen = completed_batch_number_;
   lock.unlock();
-  for (int spin = 0; spin < kSpins && completed_batches_.load(std::memory_order_acquire) == seen;
-       ++spin) {
+  uint64_t completed = seen;
+  for (int spin = 0; spin < kSpins && completed == seen; ++spin) {
     CpuRelax();
+    completed = completed_batches_.load(std::memory_order_acquire);
   }
+  // Acquire: the batch's invalidations happen before we return.
+  if (mine != 0 && completed >= mine) return true;
   LockSpinning(lock);
   if (executing_ && completed_batch_number_ == seen) batch_done_.wait(lock);
+  return false;
 }
 
 InvalidationQueue::BatchResult InvalidationQueue::Execute(
@@ -205,8 +220,16 @@ InvalidationCost InvalidationQueue::cost() const {
 }
 
 InvalidationQueueStats InvalidationQueue::Stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return stats_;
+  InvalidationQueueStats stats;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats = stats_;
+  }
+  call_stats_.ForEach([&stats](const CallStats& slot) {
+    stats.calls += static_cast<uint64_t>(slot.calls.load(std::memory_order_relaxed));
+    stats.wait_nanos += static_cast<uint64_t>(slot.wait_nanos.load(std::memory_order_relaxed));
+  });
+  return stats;
 }
 
 }  // namespace iommu_broker

@@ -11,8 +11,11 @@
 // Flush combining: descriptors posted while a batch runs go into the next
 // batch, which one of the waiting callers then executes for all of them.
 // When callers take turns (each arriving just after the other's batch
-// started), the next leader first waits up to half the fixed cost for
-// another caller to join.
+// started), the next leader, if alone in its batch while others have been
+// unmapping (they shared the last batch, or another thread led it), first
+// waits up to half the fixed cost for another caller to join. A caller whose
+// batch another thread ran leaves as soon as it sees the batch complete,
+// without taking the queue's lock again.
 // Every caller returns only after a batch that started after its call has
 // completed, which is exactly what strict (paranoid) unmap needs. A batch
 // holding more than `max_batch_descriptors` descriptors is executed as one
@@ -36,6 +39,7 @@
 #include "absl/types/span.h"
 #include "core/iommu/iotlb.h"
 #include "core/util/log2_histogram.h"
+#include "core/util/per_thread.h"
 
 namespace iommu_broker {
 
@@ -114,6 +118,10 @@ class InvalidationQueue final {
   // and records its completion; the lock is released meanwhile.
   void RunBatch(std::unique_lock<std::mutex>& lock, std::vector<InvalidationDescriptor>& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Whether a caller about to run a batch alone should first wait for others
+  // (GatherOthers): batches cost something and other threads were unmapping
+  // lately. A lone unmapping thread never waits.
+  bool ExpectCompany() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Before starting a batch when threads take turns at the queue: waits (lock
   // released) up to half the batch's fixed cost for another caller to post,
   // so that the two share a batch instead of alternating. Group commit's
@@ -121,9 +129,18 @@ class InvalidationQueue final {
   void GatherOthers(std::unique_lock<std::mutex>& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Waits for the batch now executing to end: spins briefly (a batch takes
   // microseconds, a futex wake-up on a virtual machine can take longer),
-  // then sleeps.
-  void AwaitBatchEnd(std::unique_lock<std::mutex>& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // then sleeps. Returns true, with the lock released, if that completed
+  // batch number `mine` (0: never); false with the lock held otherwise.
+  // A caller whose batch another thread ran thus leaves without the lock.
+  bool AwaitBatchEnd(std::unique_lock<std::mutex>& lock, uint64_t mine)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   BatchResult Execute(std::vector<InvalidationDescriptor>& batch, InvalidationCost cost);
+  // Each thread's calls, so that a caller leaves without the lock.
+  struct alignas(64) CallStats {
+    std::atomic<int64_t> calls{0};
+    std::atomic<int64_t> wait_nanos{0};
+  };
+
   // Adds one executed batch to stats_.
   void RecordBatch(const BatchResult& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
@@ -135,15 +152,22 @@ class InvalidationQueue final {
   // Descriptors waiting for the next batch, and that batch's number.
   std::vector<InvalidationDescriptor> open_batch_ ABSL_GUARDED_BY(mutex_);
   uint64_t open_batch_number_ ABSL_GUARDED_BY(mutex_) = 1;
+  // Invalidate calls whose descriptors are in the open batch; in the last
+  // batch started.
+  size_t open_batch_callers_ ABSL_GUARDED_BY(mutex_) = 0;
+  size_t last_batch_callers_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t completed_batch_number_ ABSL_GUARDED_BY(mutex_) = 0;
   // completed_batch_number_, readable without the mutex (for spinning).
-  std::atomic<uint64_t> completed_batches_{0};
+  // Spun on: each on a line of its own, away from what the lock holder
+  // writes.
+  alignas(64) std::atomic<uint64_t> completed_batches_{0};
   // Descriptors posted to the open batch so far (for gathering, unlocked).
-  std::atomic<uint64_t> posted_{0};
+  alignas(64) std::atomic<uint64_t> posted_{0};
   // The thread that started the last batch.
-  std::thread::id last_leader_ ABSL_GUARDED_BY(mutex_);
+  alignas(64) std::thread::id last_leader_ ABSL_GUARDED_BY(mutex_);
   bool executing_ ABSL_GUARDED_BY(mutex_) = false;
-  InvalidationQueueStats stats_ ABSL_GUARDED_BY(mutex_);
+  InvalidationQueueStats stats_ ABSL_GUARDED_BY(mutex_);  // calls, wait_nanos: call_stats_
+  PerThread<CallStats> call_stats_;
   Log2Histogram batch_sizes_{/*first_bound=*/1, /*bounded_buckets=*/11};
 };
 
