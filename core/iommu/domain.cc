@@ -117,7 +117,8 @@ Domain::Domain(const DomainConfig& config, const Environment& env,
       iotlb_(std::move(iotlb)),
       page_table_(*env.reclaimer),
       flush_queue_(config.flush_queue, *iotlb_, *env.invalidation_queue, pending_invalidations_,
-                   env.flush_latencies, [this](absl::Span<const PageTable::Removed> done) {
+                   env.flush_latencies,
+                   [this](absl::Span<const PageTable::Removed> done) {
                      ReleaseIovas(done, /*await_device_tlbs=*/false);
                    }),
       faults_(env.fault_log_capacity, env.iommu_faults) {}
@@ -368,6 +369,10 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   // that ends exactly at 2^64 from wrapping `end` to 0.
   const uint64_t end = std::min(iova + (size - 1), kIovaLimit - 1) + 1;
   const Policy current = policy();
+  // pt maps what the DMA mask reaches as identity, with no PTE: an unmap of
+  // one has nothing to remove, and need not hold the flush queue (whose busy
+  // count every thread would share).
+  if (current == Policy::kPassthrough && !page_table_.FindLeaf(iova, end)) return UnmapResult{};
   absl::InlinedVector<PageTable::Removed, 1> removed;
   absl::Status status;
   // From before the PTEs are cleared until their invalidation completes,
@@ -764,8 +769,7 @@ DomainStats Domain::Stats() const {
     std::lock_guard<std::mutex> lock(lookups_mutex_);
     stats.iotlb = iotlb_->Stats();
     stats.iotlb_by_policy = attributed_lookups_;
-    AddUnattributedLookups(stats.iotlb,
-                           stats.iotlb_by_policy[static_cast<size_t>(stats.policy)]);
+    AddUnattributedLookups(stats.iotlb, stats.iotlb_by_policy[static_cast<size_t>(stats.policy)]);
   }
   stats.flush_queue = flush_queue_.Stats();
   stats.iova = allocator_->Stats();
