@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 #include "core/iommu/id.h"
 #include "core/util/hex.h"
@@ -560,11 +562,20 @@ bool Domain::InBypassWindow(uint64_t iova, uint64_t size) const {
 
 // ---------------------------------------------------------------- Translate
 
+namespace {
+
+// Out of line, so that the check itself inlines into the translation path.
+ABSL_ATTRIBUTE_NOINLINE absl::Status TranslateRangeError(uint64_t iova, uint64_t size) {
+  return absl::InvalidArgumentError(absl::StrCat("translate size ", Hex(size), " at iova ",
+                                                 Hex(iova), " must be in [1, ",
+                                                 Hex(kMaxTranslateBytes), "] and not wrap"));
+}
+
+}  // namespace
+
 absl::Status Domain::ValidateTranslateRange(uint64_t iova, uint64_t size) {
-  if (size == 0 || size > kMaxTranslateBytes || !LastByte(iova, size)) {
-    return absl::InvalidArgumentError(absl::StrCat("translate size ", Hex(size), " at iova ",
-                                                   Hex(iova), " must be in [1, ",
-                                                   Hex(kMaxTranslateBytes), "] and not wrap"));
+  if (ABSL_PREDICT_FALSE(size == 0 || size > kMaxTranslateBytes || !LastByte(iova, size))) {
+    return TranslateRangeError(iova, size);
   }
   return absl::OkStatus();
 }
