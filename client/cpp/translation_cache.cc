@@ -22,7 +22,7 @@ TranslationCache::TranslationCache(size_t max_pages)
     : max_pages_per_shard_(std::max<size_t>(max_pages / kShards, 1)) {}
 
 std::optional<TranslationCache::CachedPage> TranslationCache::Lookup(uint64_t iova_page,
-                                                                    DmaAccess access) {
+                                                                     DmaAccess access) {
   Shard& shard = ShardOf(iova_page);
   std::lock_guard<std::mutex> lock(shard.mutex);
   auto it = shard.pages.find(iova_page);
@@ -74,16 +74,17 @@ void TranslationCache::ForEachCachedPage(uint64_t iova, uint64_t size, Drop drop
         }
       }
     }
-    return;
-  }
-  for (uint64_t page = first;; page += kPageSize) {
-    Shard& shard = ShardOf(page);
-    std::lock_guard<std::mutex> lock(shard.mutex);
-    if (auto it = shard.pages.find(page); it != shard.pages.end() && drop(it->second)) {
-      shard.pages.erase(it);
+  } else {
+    for (uint64_t page = first;; page += kPageSize) {
+      Shard& shard = ShardOf(page);
+      std::lock_guard<std::mutex> lock(shard.mutex);
+      if (auto it = shard.pages.find(page); it != shard.pages.end() && drop(it->second)) {
+        shard.pages.erase(it);
+      }
+      if (page == last) break;
     }
-    if (page == last) break;
   }
+  applied_invalidations_.fetch_add(1, std::memory_order_release);
 }
 
 void TranslationCache::MarkUnmapped(uint64_t iova, uint64_t size) {
@@ -103,11 +104,12 @@ void TranslationCache::InvalidateAll() {
     std::lock_guard<std::mutex> lock(shard.mutex);
     shard.pages.clear();
   }
+  applied_invalidations_.fetch_add(1, std::memory_order_release);
 }
 
 TranslationCacheStats TranslationCache::Stats() const {
   TranslationCacheStats stats;
-  stats.invalidations = invalidations_.load(std::memory_order_relaxed);
+  stats.invalidations = applied_invalidations_.load(std::memory_order_acquire);
   for (const Shard& shard : shards_) {
     std::lock_guard<std::mutex> lock(shard.mutex);
     stats.hits += shard.hits;

@@ -42,6 +42,8 @@ struct TranslationCacheStats {
   uint64_t misses = 0;
   uint64_t fills = 0;          // inserts kept
   uint64_t dropped_fills = 0;  // inserts that raced with an invalidation
+  // Invalidations (and unmapped marks) fully applied: once this reaches n,
+  // the n-th one's pages are gone (marked) for every later lookup.
   uint64_t invalidations = 0;
   uint64_t entries = 0;
 };
@@ -104,13 +106,14 @@ class TranslationCache final {
   Shard& ShardOf(uint64_t iova_page) { return shards_[(iova_page / kPageSize) % kShards]; }
   // Counts an invalidation (voiding fill tokens), then calls `drop(entry)`
   // for each cached page overlapping [iova, iova + size) and removes the
-  // pages it returns true for.
+  // pages it returns true for, then counts it applied.
   template <typename Drop>
   void ForEachCachedPage(uint64_t iova, uint64_t size, Drop drop);
 
   const size_t max_pages_per_shard_;
   std::array<Shard, kShards> shards_;
-  std::atomic<uint64_t> invalidations_{0};  // begun
+  std::atomic<uint64_t> invalidations_{0};          // begun (the fill token)
+  std::atomic<uint64_t> applied_invalidations_{0};  // ended (the stats)
 };
 
 }  // namespace iommu_broker::client

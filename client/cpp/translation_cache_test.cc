@@ -116,8 +116,8 @@ Violations RemapWhileReading(bool fast) {
   constexpr int kPages = 4;
   constexpr uint64_t kGenerations = 2000;
   TranslationCache cache(64);
-  std::array<std::atomic<uint64_t>, kPages> model{};  // generation + 1; 0: unmapped
-  std::vector<std::atomic<uint64_t>> marked_at(kGenerations + 1);       // 0: not yet
+  std::array<std::atomic<uint64_t>, kPages> model{};               // generation + 1; 0: unmapped
+  std::vector<std::atomic<uint64_t>> marked_at(kGenerations + 1);  // 0: not yet
   std::vector<std::atomic<uint64_t>> invalidated_at(kGenerations + 1);  // 0: not yet
   std::atomic<uint64_t> clock{1};
   std::atomic<bool> done{false};
@@ -156,7 +156,7 @@ Violations RemapWhileReading(bool fast) {
       marked_at[generation].store(clock.fetch_add(1) + 1);
       std::this_thread::yield();
     }
-    cache.InvalidateRange(slot * kPage, kPage);  // ... invalidated ...
+    cache.InvalidateRange(slot * kPage, kPage);                // ... invalidated ...
     invalidated_at[generation].store(clock.fetch_add(1) + 1);  // ... and replied or flushed
   }
   done.store(true);
@@ -172,6 +172,36 @@ TEST(TranslationCacheTest, FastLookupsSeeAMarkedPageOnlyAsStaleAndNeverAfterItsF
   const Violations violations = RemapWhileReading(/*fast=*/true);
   EXPECT_EQ(violations.unmarked, 0);
   EXPECT_EQ(violations.after_invalidation, 0);
+}
+
+// Callers (DeviceIotlb's users, its tests) wait for Stats().invalidations to
+// reach a count before relying on that invalidation: the count must not run
+// ahead of the removal. Each round caches a page, invalidates it, and lets
+// another thread look it up as soon as the count says the invalidation
+// happened.
+TEST(TranslationCacheTest, AnInvalidationIsCountedOnlyOnceItsPagesAreGone) {
+  constexpr int kRounds = 20000;
+  TranslationCache cache(64);
+  std::atomic<int> invalidating{-1};  // the round whose invalidation has begun
+  std::atomic<int> checked{-1};       // the round the watcher has checked
+  std::atomic<int> seen_after_count{0};
+  std::thread watcher([&] {
+    for (int round = 0; round < kRounds; ++round) {
+      while (invalidating.load() < round) std::this_thread::yield();
+      while (cache.Stats().invalidations < static_cast<uint64_t>(round) + 1) {
+      }
+      if (cache.Lookup(kPage, DmaAccess::kRead).has_value()) seen_after_count.fetch_add(1);
+      checked.store(round);
+    }
+  });
+  for (int round = 0; round < kRounds; ++round) {
+    cache.Insert(cache.FillToken(), kPage, (round + 1) * kPage, DmaAccess::kRead);
+    invalidating.store(round);
+    cache.InvalidateRange(kPage, kPage);
+    while (checked.load() < round) std::this_thread::yield();
+  }
+  watcher.join();
+  EXPECT_EQ(seen_after_count.load(), 0);
 }
 
 }  // namespace
