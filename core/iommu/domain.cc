@@ -23,6 +23,20 @@ std::string RangeText(uint64_t start, uint64_t end) {
   return absl::StrCat("[", Hex(start), ", ", Hex(end), ")");
 }
 
+// Field by field, each a scalar load and store: the leaf was just decoded
+// with scalar stores, and the vector copy the compiler otherwise emits (16
+// bytes at a time, unaligned to the fields) stalls on store forwarding, as
+// does the IOTLB's read of the copy (docs/PERFORMANCE.md).
+void CopyLeaf(const PageTable::Leaf& leaf, IotlbEntry& entry) {
+  entry.iova = leaf.iova;
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps the copies apart
+  entry.phys = leaf.phys;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  entry.page_size = leaf.size;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  entry.perms = leaf.perms;
+}
+
 // end - 1 of a non-empty range, or nullopt if start + size overflows.
 std::optional<uint64_t> LastByte(uint64_t start, uint64_t size) {
   if (size == 0 || start > ~uint64_t{0} - (size - 1)) return std::nullopt;
@@ -659,7 +673,7 @@ bool Domain::TranslatePage(const Device& device, uint64_t iova, Policy policy, P
       fault = FaultReason::kNotMapped;
       return false;
     }
-    out.leaf = {leaf->iova, leaf->phys, leaf->size, leaf->perms};
+    CopyLeaf(*leaf, out.leaf);
     iotlb_->Insert(token, device.requester(), out.leaf);
     return true;
   }
@@ -668,7 +682,7 @@ bool Domain::TranslatePage(const Device& device, uint64_t iova, Policy policy, P
     // precedence; every other reachable address is identity.
     if (in_aperture) {
       if (std::optional<PageTable::Leaf> leaf = page_table_.Lookup(iova)) {
-        out.leaf = {leaf->iova, leaf->phys, leaf->size, leaf->perms};
+        CopyLeaf(*leaf, out.leaf);
         return true;
       }
     }
