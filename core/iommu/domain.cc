@@ -428,7 +428,7 @@ absl::Status Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end,
                                     absl::InlinedVector<PageTable::Removed, 1>& removed) {
   auto take = [&](const PageTable::Removed& gone) {
     if (gone.reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
-    removed.push_back(gone);
+    PageTable::CopyRemoved(gone, removed.emplace_back());
   };
   // The DMA-API case: the range is exactly one mapping, which splits
   // nothing. One walk finds and removes it; the boundary checks and the range

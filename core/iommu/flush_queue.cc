@@ -39,7 +39,7 @@ FlushQueue::Unmapping::~Unmapping() { queue_.SettleStripe(stripe_); }
 void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed) {
   for (const PageTable::Removed& gone : removed) {
     if (stripe_.entries.empty()) stripe_.oldest = absl::Now();
-    stripe_.entries.push_back(gone);
+    PageTable::CopyRemoved(gone, stripe_.entries.emplace_back());
     ++stripe_.queued;
     // Stays busy even if this empties it: the rest of `removed` is unmapped
     // already. The busy period ends when the lock is released.
