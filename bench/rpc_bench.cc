@@ -59,6 +59,7 @@
 #include "iommu_broker/v1/config.pb.h"
 #include "iommu_broker/v1/iommu_broker.grpc.pb.h"
 #include "server/arena_message.h"
+#include "server/batch_reactor.h"
 #include "server/broker_server.h"
 #include "server/log.h"
 
@@ -100,7 +101,9 @@ class EmptyService final : public v1::IommuBroker::CallbackService {
  private:
   class EmptyBatch final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse> {
    public:
-    EmptyBatch() : request_(kArenaBlockBytes), response_(kArenaBlockBytes) {
+    // Messages kept as the broker's BatchReactor keeps them, so both pay alike.
+    EmptyBatch()
+        : request_(BatchReactor::kArenaBlockBytes), response_(BatchReactor::kArenaBlockBytes) {
       StartRead(request_.get());
     }
 
@@ -133,8 +136,6 @@ class EmptyService final : public v1::IommuBroker::CallbackService {
     void OnDone() override { delete this; }
 
    private:
-    // As the broker's BatchReactor keeps them, so both pay alike for messages.
-    static constexpr size_t kArenaBlockBytes = 64 * 1024;
     ArenaMessage<v1::BatchRequest> request_;
     ArenaMessage<v1::BatchResponse> response_;
   };

@@ -7,13 +7,6 @@
 #include "server/status.h"
 
 namespace iommu_broker {
-namespace {
-
-// A 256-operation message takes about 40 KiB of either kind; larger ones
-// spill into blocks the next message frees.
-constexpr size_t kArenaBlockBytes = 64 * 1024;
-
-}  // namespace
 
 BatchReactor::BatchReactor(Iommu& iommu, OperationMetrics& metrics, size_t max_operations,
                            StreamLimit& streams, const std::atomic<bool>& draining, Caller caller)
