@@ -225,6 +225,8 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   absl::Status RemoveMappings(Device& device, uint64_t iova, uint64_t end,
                               absl::InlinedVector<PageTable::Removed, 1>& removed);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
+  // Invalidates `removed` synchronously (paranoid) and completes the unmap's
+  // pending invalidation (Begin() before its PTEs were cleared).
   void InvalidateNow(absl::Span<const PageTable::Removed> removed);
   void RecordFlush(Policy policy, FlushKind kind, uint64_t waited_nanos);
   // Attributes the lookups since the last policy change to `ended`.

@@ -67,56 +67,57 @@ InvalidationQueue::InvalidationQueue(InvalidationQueueOptions options)
       max_batch_descriptors_(options.max_batch_descriptors),
       cost_(options.cost) {}
 
-uint64_t InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> descriptors) {
+uint64_t InvalidationQueue::Invalidate(absl::Span<const InvalidationDescriptor> descriptors,
+                                       absl::FunctionRef<void()> applied) {
   const auto start = std::chrono::steady_clock::now();
+  Waiter waiter{.applied = applied};
   std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
   LockSpinning(lock);
   if (combine_) {
     // Our descriptors ride in the open batch, which cannot have started yet.
     // Whoever finds the queue idle executes the open batch for everyone in it.
-    open_batch_.insert(open_batch_.end(), descriptors.begin(), descriptors.end());
-    ++open_batch_callers_;
-    posted_.fetch_add(1, std::memory_order_release);
-    const uint64_t mine = open_batch_number_;
+    open_batch_.push_back(descriptors);
+    waiter.batch = open_batch_number_;
     bool gathered = false;
-    while (completed_batch_number_ < mine) {
+    while (completed_batch_number_ < waiter.batch) {
       if (executing_) {
-        if (AwaitBatchEnd(lock, mine)) break;  // ours is done; the lock is released
+        if (AwaitBatchEnd(lock, waiter)) break;  // ours is done; the lock is released
         continue;
       }
-      if (!gathered && open_batch_callers_ == 1 && ExpectCompany()) {
+      if (!gathered && open_batch_.size() == 1 && ExpectCompany()) {
         gathered = true;
-        GatherOthers(lock);
-        continue;  // someone else may have run the batch meanwhile
+        if (GatherOthers(lock, waiter)) break;  // another caller ran ours; released
+        continue;
       }
-      std::vector<InvalidationDescriptor> batch;
+      Batch batch;
       batch.swap(open_batch_);
-      last_batch_callers_ = std::exchange(open_batch_callers_, 0);
-      RunBatch(lock, batch);
+      last_batch_callers_ = batch.size();
+      RunBatch(lock, batch, waiter);
     }
   } else {
     // Naive strict invalidation: our own batch, after everyone else's.
-    while (executing_) AwaitBatchEnd(lock, /*mine=*/0);
-    std::vector<InvalidationDescriptor> batch(descriptors.begin(), descriptors.end());
-    RunBatch(lock, batch);
+    while (executing_) AwaitBatchEnd(lock, waiter);
+    RunBatch(lock, Batch{descriptors}, waiter);
   }
   if (lock.owns_lock()) lock.unlock();
   const uint64_t waited = NanosOf(std::chrono::steady_clock::now() - start);
   CallStats& slot = call_stats_.Local();
   AddOwned(slot.calls, 1);
   AddOwned(slot.wait_nanos, static_cast<int64_t>(waited));
+  waiter.NotifyApplied();  // if it was not seen while waiting
   return waited;
 }
 
-void InvalidationQueue::RunBatch(std::unique_lock<std::mutex>& lock,
-                                 std::vector<InvalidationDescriptor>& batch) {
+void InvalidationQueue::RunBatch(std::unique_lock<std::mutex>& lock, const Batch& batch,
+                                 Waiter& waiter) {
   const uint64_t number = open_batch_number_++;
   const InvalidationCost cost = cost_;
   last_leader_ = std::this_thread::get_id();
   executing_ = true;
-  batch_sizes_.Record(batch.size());
+  // Only gatherers read it, and they exist only when batches cost something.
+  if (cost.fixed > absl::ZeroDuration()) started_batches_.store(number, std::memory_order_release);
   lock.unlock();
-  const BatchResult result = Execute(batch, cost);
+  const BatchResult result = Execute(batch, number, cost, waiter);
   LockSpinning(lock);
   completed_batch_number_ = number;
   completed_batches_.store(number, std::memory_order_release);
@@ -133,62 +134,91 @@ bool InvalidationQueue::ExpectCompany() const {
          (last_leader_ != std::this_thread::get_id() && last_leader_ != std::thread::id());
 }
 
-void InvalidationQueue::GatherOthers(std::unique_lock<std::mutex>& lock) {
-  const uint64_t seen = posted_.load(std::memory_order_acquire);
+bool InvalidationQueue::GatherOthers(std::unique_lock<std::mutex>& lock, Waiter& waiter) {
   const auto deadline = std::chrono::steady_clock::now() +
                         absl::ToChronoNanoseconds(std::min(cost_.fixed / 2, kMaxGather));
+  const uint64_t completed = completed_batch_number_;
   lock.unlock();
-  while (posted_.load(std::memory_order_acquire) == seen &&
+  // A caller that joins finds the queue idle and a companion waiting, so it
+  // starts the batch itself: watching for that start needs no lock, and
+  // leaves the lock's lines with the one who will take it.
+  bool started = false;
+  while (!(started = started_batches_.load(std::memory_order_acquire) >= waiter.batch) &&
          std::chrono::steady_clock::now() < deadline) {
     CpuRelax();
   }
+  // Acquire: the batch's invalidations happen before we return.
+  if (started && SpinForCompletion(completed, waiter) >= waiter.batch) return true;
   LockSpinning(lock);
+  return false;
 }
 
-bool InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock, uint64_t mine) {
+uint64_t InvalidationQueue::SpinForCompletion(uint64_t seen, Waiter& waiter) const {
   constexpr int kSpins = 2000;  // a few microseconds of pause instructions
-  const uint64_t seen = completed_batch_number_;
-  lock.unlock();
   uint64_t completed = seen;
   for (int spin = 0; spin < kSpins && completed == seen; ++spin) {
     CpuRelax();
+    if (!waiter.notified && applied_batches_.load(std::memory_order_acquire) >= waiter.batch) {
+      waiter.NotifyApplied();
+    }
     completed = completed_batches_.load(std::memory_order_acquire);
   }
+  return completed;
+}
+
+bool InvalidationQueue::AwaitBatchEnd(std::unique_lock<std::mutex>& lock, Waiter& waiter) {
+  const uint64_t seen = completed_batch_number_;
+  lock.unlock();
   // Acquire: the batch's invalidations happen before we return.
-  if (mine != 0 && completed >= mine) return true;
+  if (SpinForCompletion(seen, waiter) >= waiter.batch) return true;
   LockSpinning(lock);
   if (executing_ && completed_batch_number_ == seen) batch_done_.wait(lock);
   return false;
 }
 
-InvalidationQueue::BatchResult InvalidationQueue::Execute(
-    std::vector<InvalidationDescriptor>& batch, InvalidationCost cost) {
+InvalidationQueue::BatchResult InvalidationQueue::Execute(const Batch& batch, uint64_t number,
+                                                          InvalidationCost cost, Waiter& waiter) {
   const absl::Duration fixed = std::max(cost.fixed, absl::ZeroDuration());
   const absl::Duration per_descriptor = std::max(cost.per_descriptor, absl::ZeroDuration());
   const bool timed = fixed > absl::ZeroDuration() || per_descriptor > absl::ZeroDuration();
   std::chrono::steady_clock::time_point started;
   if (timed) started = std::chrono::steady_clock::now();
 
+  size_t posted = 0;
+  for (absl::Span<const InvalidationDescriptor> part : batch) posted += part.size();
+  batch_sizes_.Record(posted);
   BatchResult result;
-  if (batch.size() > max_batch_descriptors_) {
+  if (posted > max_batch_descriptors_) {
     // Too many to walk: drop each IOTLB the batch touches instead.
     std::vector<Iotlb*> iotlbs;
-    iotlbs.reserve(batch.size());
-    for (const InvalidationDescriptor& descriptor : batch) {
-      // A flush-queue batch names one IOTLB over and over: skip repeats
-      // before sorting.
-      if (descriptor.iotlb != nullptr && (iotlbs.empty() || iotlbs.back() != descriptor.iotlb)) {
-        iotlbs.push_back(descriptor.iotlb);
+    iotlbs.reserve(posted);
+    for (absl::Span<const InvalidationDescriptor> part : batch) {
+      for (const InvalidationDescriptor& descriptor : part) {
+        // A flush-queue batch names one IOTLB over and over: skip repeats
+        // before sorting.
+        if (descriptor.iotlb != nullptr && (iotlbs.empty() || iotlbs.back() != descriptor.iotlb)) {
+          iotlbs.push_back(descriptor.iotlb);
+        }
       }
     }
     std::sort(iotlbs.begin(), iotlbs.end());
     iotlbs.erase(std::unique(iotlbs.begin(), iotlbs.end()), iotlbs.end());
-    batch.clear();
-    for (Iotlb* iotlb : iotlbs) batch.push_back(InvalidationDescriptor::Domain(iotlb));
+    for (Iotlb* iotlb : iotlbs) Apply(InvalidationDescriptor::Domain(iotlb));
+    result.descriptors = iotlbs.size();
     result.promoted = true;
+  } else {
+    for (absl::Span<const InvalidationDescriptor> part : batch) {
+      for (const InvalidationDescriptor& descriptor : part) Apply(descriptor);
+    }
+    result.descriptors = posted;
   }
-  for (const InvalidationDescriptor& descriptor : batch) Apply(descriptor);
-  result.descriptors = batch.size();
+  // Announced only when there is an emulated wait to overlap: the store
+  // takes the line its spinners read, and otherwise the completion, right
+  // after, announces the same.
+  if (timed) {
+    applied_batches_.store(number, std::memory_order_release);
+    waiter.NotifyApplied();
+  }
 
   if (timed) {
     const absl::Duration total =

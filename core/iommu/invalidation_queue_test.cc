@@ -280,6 +280,42 @@ TEST(InvalidationQueueTest, SetCostAppliesToLaterBatches) {
   EXPECT_EQ(queue.Stats().busy_nanos, Nanos(absl::Milliseconds(3)));
 }
 
+// Which batches had completed when a lone caller's `applied` hook ran.
+uint64_t BatchesCompletedWhenApplied(InvalidationCost cost) {
+  std::unique_ptr<Iotlb> iotlb = MakeIotlb();
+  EXPECT_NE(iotlb, nullptr);
+  Fill(*iotlb, kDev1, 0x1000);
+  InvalidationQueue queue({.cost = cost});
+  bool cached_when_applied = true;
+  uint64_t completed = ~uint64_t{0};
+  queue.Invalidate({InvalidationDescriptor::Range(iotlb.get(), 0x1000, 0x1000, kPage4K)}, [&] {
+    cached_when_applied = Cached(*iotlb, kDev1, 0x1000);
+    completed = queue.Stats().batches;
+  });
+  EXPECT_FALSE(cached_when_applied);
+  return completed;
+}
+
+TEST(InvalidationQueueTest, AppliedHookRunsDuringTheEmulatedWait) {
+  // The descriptors are applied before the batch's cost is waited, so the
+  // caller's bookkeeping overlaps it.
+  EXPECT_EQ(BatchesCompletedWhenApplied({.fixed = absl::Milliseconds(1)}), 0u);
+  EXPECT_EQ(BatchesCompletedWhenApplied({.per_descriptor = absl::Milliseconds(1)}), 0u);
+}
+
+TEST(InvalidationQueueTest, AppliedHookRunsAfterAFreeBatchCompletes) {
+  // Nothing to overlap: running it inside the batch would only hold up
+  // other callers waiting for the completion.
+  EXPECT_EQ(BatchesCompletedWhenApplied({}), 1u);
+}
+
+TEST(InvalidationQueueTest, AppliedHookRunsOnceWithoutCombining) {
+  InvalidationQueue queue({.cost = {.fixed = absl::Microseconds(50)}, .combine = false});
+  int applied = 0;
+  queue.Invalidate({}, [&] { ++applied; });
+  EXPECT_EQ(applied, 1);
+}
+
 // Starts `threads` callers at once, each invalidating one page of its own
 // IOTLB, and returns the queue's stats once all have returned.
 InvalidationQueueStats RunSimultaneousCallers(InvalidationQueue& queue, int threads) {
@@ -335,6 +371,11 @@ void CheckEachCallerSeesItsOwnInvalidation(bool combine) {
   std::unique_ptr<Iotlb> shared = MakeIotlb();  // named by every thread too
   std::atomic<int> fills_missing{0};
   std::atomic<int> stale_after_return{0};
+  // The `applied` hook: run once per call, on the caller's thread, once the
+  // entries are gone.
+  std::atomic<int> applied_not_once{0};
+  std::atomic<int> applied_elsewhere{0};
+  std::atomic<int> stale_when_applied{0};
   std::latch start(kThreads);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
@@ -350,8 +391,16 @@ void CheckEachCallerSeesItsOwnInvalidation(bool combine) {
         if (i % 4 == 0) {
           queue.Invalidate({});  // a bare barrier now and then
         }
+        int applied_calls = 0;
+        const std::thread::id caller = std::this_thread::get_id();
         queue.Invalidate({InvalidationDescriptor::Range(own, iova, 0x1000, kPage4K),
-                          InvalidationDescriptor::Range(shared.get(), iova, 0x1000, kPage4K)});
+                          InvalidationDescriptor::Range(shared.get(), iova, 0x1000, kPage4K)},
+                         [&] {
+                           ++applied_calls;
+                           if (std::this_thread::get_id() != caller) applied_elsewhere.fetch_add(1);
+                           if (Cached(*own, kDev1, iova)) stale_when_applied.fetch_add(1);
+                         });
+        if (applied_calls != 1) applied_not_once.fetch_add(1);
         if (Cached(*own, kDev1, iova)) stale_after_return.fetch_add(1);
       }
     });
@@ -359,6 +408,9 @@ void CheckEachCallerSeesItsOwnInvalidation(bool combine) {
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(fills_missing.load(), 0);
   EXPECT_EQ(stale_after_return.load(), 0);
+  EXPECT_EQ(applied_not_once.load(), 0);
+  EXPECT_EQ(applied_elsewhere.load(), 0);
+  EXPECT_EQ(stale_when_applied.load(), 0);
   const InvalidationQueueStats stats = queue.Stats();
   constexpr uint64_t kCalls = kThreads * (kIterations + kIterations / 4);
   EXPECT_EQ(stats.calls, kCalls);

@@ -1,14 +1,14 @@
 // PendingInvalidations tells a translation whether an IOTLB hit can be
 // stale: it counts a domain's unmaps from before they clear any PTE until
-// the invalidation covering everything they cleared has completed (a
-// flush-queue stripe counts once for all the unmaps it holds; see
+// the invalidation covering everything they cleared has been applied to the
+// IOTLB (a flush-queue stripe counts once for all the unmaps it holds; see
 // flush_queue.h). While it counts none, every IOTLB entry matches the page
 // table (the IOTLB's fill protocol and the page table's unlink rules
 // guarantee it), so a hit needs no check against the page table.
 //
 //   pending.Begin();                    // unmap, before clearing PTEs
 //   ... clear PTEs, invalidate ...
-//   pending.Complete(1);                // after the invalidation completed
+//   pending.Complete(1);                // once the invalidation was applied
 //
 //   const uint64_t quiet = pending.QuietSince();   // translation
 //   std::optional<IotlbEntry> hit = iotlb.Lookup(requester, iova);
@@ -45,8 +45,9 @@ class PendingInvalidations final {
 
   // An unmap is about to clear PTEs.
   void Begin() { begun_.fetch_add(1, std::memory_order_seq_cst); }
-  // The invalidations covering `unmaps` earlier Begin() calls (or their
-  // unmaps removed nothing) have completed.
+  // The invalidations covering `unmaps` earlier Begin() calls have been
+  // applied: the IOTLB caches none of their ranges (or their unmaps removed
+  // nothing). The emulated hardware may still be finishing them.
   void Complete(uint64_t unmaps) { completed_.fetch_add(unmaps, std::memory_order_seq_cst); }
 
   // Read before an IOTLB lookup: kPending if some unmap's invalidation is
