@@ -25,8 +25,10 @@ namespace {
 constexpr int kGranuleShift = 12;
 static_assert(kIovaGranule == uint64_t{1} << kGranuleShift);
 
-// A magazine holds at most this many cached ranges of one class...
-constexpr int kMagazineSlots = 64;
+// A magazine holds at most this many cached ranges of one class (a thread's
+// two then hold a fast-policy flush queue's 256 entries, so a thread that
+// maps and unmaps through its own queue never needs the depot)...
+constexpr int kMagazineSlots = 128;
 // ...and no more than this much IOVA space: 64 MiB, or 1/256 of a small
 // aperture, so that all threads' caches together hold a small part of the
 // space (at least two ranges, though).
