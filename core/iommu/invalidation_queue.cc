@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "core/iommu/iotlb.h"
+#include "core/util/cpu_relax.h"
 
 namespace iommu_broker {
 namespace {
@@ -24,13 +25,6 @@ constexpr absl::Duration kMaxGather = absl::Microseconds(5);
 uint64_t NanosOf(std::chrono::steady_clock::duration duration) {
   const int64_t nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(duration).count();
   return nanos > 0 ? static_cast<uint64_t>(nanos) : 0;
-}
-
-// One turn of a spin-wait loop: tells the CPU (and a hypervisor) we are spinning.
-void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
 }
 
 // Takes `lock`'s mutex, trying briefly before sleeping on it: the queue's

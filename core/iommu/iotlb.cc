@@ -5,6 +5,7 @@
 #include "absl/base/config.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/util/cpu_relax.h"
 #include "core/util/hex.h"
 
 namespace iommu_broker {
@@ -71,14 +72,6 @@ inline void ReadFence() {}
 constexpr std::memory_order kWayLoad = std::memory_order_relaxed;
 inline void ReadFence() { std::atomic_thread_fence(std::memory_order_acquire); }
 #endif
-
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
 
 // log2 of a leaf size, or -1 if `page_size` is not one.
 inline int ShiftOf(uint64_t page_size) {
