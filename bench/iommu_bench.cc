@@ -342,7 +342,7 @@ void BM_MapDmaUnmapDma(benchmark::State& state) {
       }
       absl::StatusOr<TranslateResult> dma =
           iommu.Translate(device, mapped->iova, kPage4K, Access::kWrite);
-      if (!dma.ok() || dma->faulted) {
+      if (!dma.ok() || dma->fault.has_value()) {
         Fail(state, "Translate of a mapped page",
              dma.ok() ? absl::InternalError("faulted") : dma.status());
         break;
@@ -358,7 +358,7 @@ void BM_MapDmaUnmapDma(benchmark::State& state) {
         Fail(state, "Translate after unmap", late.status());
         break;
       }
-      late_served += late->faulted ? 0 : 1;
+      late_served += late->fault.has_value() ? 0 : 1;
     }
   } else {
     for (auto _ : state) {
@@ -394,13 +394,13 @@ void BM_TranslateHit(benchmark::State& state) {
     if (!mapped.ok()) {
       Fail(state, "Map", mapped.status());
     } else if (fill = iommu.Translate(device, mapped->iova, kPage4K, Access::kRead);
-               !fill.ok() || fill->faulted) {
+               !fill.ok() || fill->fault.has_value()) {
       Fail(state, "Translate", fill.ok() ? absl::InternalError("faulted") : fill.status());
     }
     const uint64_t iova = mapped.ok() ? mapped->iova : 0;
     for (auto _ : state) {
       absl::StatusOr<TranslateResult> dma = iommu.Translate(device, iova, kPage4K, Access::kRead);
-      if (!dma.ok() || dma->faulted || !dma->iotlb_hit) {
+      if (!dma.ok() || dma->fault.has_value() || !dma->iotlb_hit) {
         Fail(state, "Translate",
              dma.ok() ? absl::InternalError("faulted or missed") : dma.status());
         break;
@@ -449,7 +449,7 @@ void BM_TranslateMiss(benchmark::State& state, bool random_order) {
       for (auto _ : state) {
         absl::StatusOr<TranslateResult> dma =
             iommu.Translate(device, iovas[next++ & (kPages - 1)], kPage4K, Access::kRead);
-        if (!dma.ok() || dma->faulted) {
+        if (!dma.ok() || dma->fault.has_value()) {
           Fail(state, "Translate", dma.ok() ? absl::InternalError("faulted") : dma.status());
           break;
         }

@@ -115,8 +115,8 @@ absl::StatusOr<absl::Duration> DurationFromProto(const google::protobuf::Duratio
   const int64_t seconds = duration.seconds();
   const int32_t nanos = duration.nanos();
   if (seconds < 0 || nanos < 0 || nanos > 999'999'999 || seconds > kMaxDurationSeconds) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " {seconds: ", seconds, ", nanos: ",
-                                                   nanos, "} is not a non-negative duration"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " {seconds: ", seconds, ", nanos: ", nanos, "} is not a non-negative duration"));
   }
   return absl::Seconds(seconds) + absl::Nanoseconds(nanos);
 }
@@ -325,8 +325,8 @@ absl::StatusOr<Access> AccessFromProto(v1::Access access) {
 }
 
 void TranslateResultToProto(const TranslateResult& result, v1::TranslateResponse* out) {
-  if (result.faulted) {
-    FaultToProto(result.fault, out->mutable_fault());
+  if (result.fault.has_value()) {
+    FaultToProto(*result.fault, out->mutable_fault());
   } else {
     for (const PhysSegment& segment : result.segments) {
       v1::PhysSegment* added = out->add_segments();

@@ -321,9 +321,8 @@ TEST(DurationFromProtoTest, DomainFlushQueueTimeoutErrorsNameTheField) {
 
 TEST(DurationToProtoTest, RoundTrips) {
   for (absl::Duration duration :
-       {absl::ZeroDuration(), absl::Nanoseconds(1), absl::Microseconds(1500),
-        absl::Seconds(5), absl::Seconds(3) + absl::Nanoseconds(999'999'999),
-        absl::Hours(24 * 365)}) {
+       {absl::ZeroDuration(), absl::Nanoseconds(1), absl::Microseconds(1500), absl::Seconds(5),
+        absl::Seconds(3) + absl::Nanoseconds(999'999'999), absl::Hours(24 * 365)}) {
     google::protobuf::Duration proto;
     DurationToProto(duration, &proto);
     EXPECT_GE(proto.nanos(), 0);
@@ -513,8 +512,7 @@ TEST(DomainRoundTripTest, ReplySetsEveryOptionalField) {
   EXPECT_TRUE(spec.has_reserved_regions());
   EXPECT_TRUE(spec.has_max_mappings());
   EXPECT_TRUE(spec.has_bypass_window_base());
-  EXPECT_THAT(spec.page_sizes(),
-              ElementsAre(v1::PAGE_SIZE_4K, v1::PAGE_SIZE_2M, v1::PAGE_SIZE_1G));
+  EXPECT_THAT(spec.page_sizes(), ElementsAre(v1::PAGE_SIZE_4K, v1::PAGE_SIZE_2M, v1::PAGE_SIZE_1G));
   EXPECT_EQ(spec.flush_queue_timeout().nanos(), 10'000'000);
 }
 
@@ -541,13 +539,13 @@ TEST(DomainInfoToProtoTest, CopiesDevicesAndStats) {
 
 TEST(TranslateResultToProtoTest, FaultHasNoSegments) {
   TranslateResult result;
-  result.faulted = true;
-  result.fault.sequence = 5;
-  result.fault.time = absl::FromUnixNanos(1'500'000'000);
-  result.fault.device_id = "dev";
-  result.fault.iova = 0x5000;
-  result.fault.access = Access::kWrite;
-  result.fault.reason = FaultReason::kPermission;
+  Fault& fault = result.fault.emplace();
+  fault.sequence = 5;
+  fault.time = absl::FromUnixNanos(1'500'000'000);
+  fault.device_id = "dev";
+  fault.iova = 0x5000;
+  fault.access = Access::kWrite;
+  fault.reason = FaultReason::kPermission;
   result.segments.push_back({0x1000, 0x1000});  // ignored when faulted
   v1::TranslateResponse response;
   TranslateResultToProto(result, &response);
@@ -579,8 +577,8 @@ TEST(TranslateResultToProtoTest, SegmentsAndFlags) {
 
 TEST(FaultToProtoTest, EveryReasonHasAValue) {
   for (FaultReason reason :
-       {FaultReason::kDeviceNotAttached, FaultReason::kOutsideAperture,
-        FaultReason::kAboveDmaMask, FaultReason::kNotMapped, FaultReason::kPermission}) {
+       {FaultReason::kDeviceNotAttached, FaultReason::kOutsideAperture, FaultReason::kAboveDmaMask,
+        FaultReason::kNotMapped, FaultReason::kPermission}) {
     Fault fault;
     fault.reason = reason;
     v1::Fault proto;

@@ -75,7 +75,8 @@ absl::Status DataPath::Translate(const v1::TranslateRequest& request,
   if (!device.ok()) return Refused(DataOperation::kTranslate, device.status());
   absl::StatusOr<TranslateResult> result =
       iommu_.Translate(**device, request.iova(), request.size(), *access);
-  Record(DataOperation::kTranslate, **device, result.status(), result.ok() && result->faulted,
+  Record(DataOperation::kTranslate, **device, result.status(),
+         result.ok() && result->fault.has_value(),
          /*started=*/std::nullopt);
   if (!result.ok()) return result.status();
   TranslateResultToProto(*result, response);

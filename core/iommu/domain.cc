@@ -708,19 +708,19 @@ bool Domain::TranslatePage(const Device& device, uint64_t iova, Policy policy, P
 
 TranslateResult Domain::FaultAt(Device& device, uint64_t iova, Access access, FaultReason reason) {
   TranslateResult result;
-  result.faulted = true;
-  result.fault.domain_id = id();
-  result.fault.device_id = device.id();
-  result.fault.iova = iova;
-  result.fault.access = access;
-  result.fault.reason = reason;
-  result.fault.time = absl::Now();
+  Fault& fault = result.fault.emplace();
+  fault.domain_id = id();
+  fault.device_id = device.id();
+  fault.iova = iova;
+  fault.access = access;
+  fault.reason = reason;
+  fault.time = absl::Now();
   faults_count_.fetch_add(1, std::memory_order_relaxed);
   if (reason == FaultReason::kNotMapped) {
     debug_.CountDmaAfterUnmap();
     device.debug().CountDmaAfterUnmap();
   }
-  result.fault.sequence = faults_.Record(result.fault);
+  fault.sequence = faults_.Record(fault);
   return result;
 }
 

@@ -453,13 +453,13 @@ absl::StatusOr<TranslateResult> Iommu::Translate(Device& device, uint64_t iova, 
     return status;
   }
   TranslateResult result;
-  result.faulted = true;
-  result.fault.device_id = device.id();
-  result.fault.iova = iova;
-  result.fault.access = access;
-  result.fault.reason = FaultReason::kDeviceNotAttached;
-  result.fault.time = absl::Now();
-  result.fault.sequence = faults_.Record(result.fault);
+  Fault& fault = result.fault.emplace();
+  fault.device_id = device.id();
+  fault.iova = iova;
+  fault.access = access;
+  fault.reason = FaultReason::kDeviceNotAttached;
+  fault.time = absl::Now();
+  fault.sequence = faults_.Record(fault);
   return result;
 }
 
@@ -500,8 +500,8 @@ absl::StatusOr<std::shared_ptr<FaultSubscription>> Iommu::SubscribeFaults(
 absl::StatusOr<std::shared_ptr<Subscription<InvalidationEvent>>> Iommu::SubscribeInvalidations(
     absl::string_view domain_id, size_t queue_capacity) {
   if (queue_capacity < 1 || queue_capacity > 65536) {
-    return absl::InvalidArgumentError(absl::StrCat("invalidation queue capacity ",
-                                                   queue_capacity, " is not in [1, 65536]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalidation queue capacity ", queue_capacity, " is not in [1, 65536]"));
   }
   if (!domain_id.empty()) {
     if (absl::Status status = FindDomain(domain_id).status(); !status.ok()) return status;
@@ -510,10 +510,10 @@ absl::StatusOr<std::shared_ptr<Subscription<InvalidationEvent>>> Iommu::Subscrib
 }
 
 absl::StatusOr<std::shared_ptr<DeviceTlbPort>> Iommu::LinkDeviceTlb(absl::string_view device_id,
-                                                                     size_t queue_capacity) {
+                                                                    size_t queue_capacity) {
   if (queue_capacity < 1 || queue_capacity > 65536) {
-    return absl::InvalidArgumentError(absl::StrCat("device IOTLB queue capacity ", queue_capacity,
-                                                   " is not in [1, 65536]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("device IOTLB queue capacity ", queue_capacity, " is not in [1, 65536]"));
   }
   absl::StatusOr<std::shared_ptr<Device>> device = FindDevice(device_id);
   if (!device.ok()) return device.status();
@@ -579,8 +579,8 @@ absl::Status Iommu::UpdateDevice(absl::string_view device_id, const DeviceUpdate
     if (absl::Status status = ValidateDeviceConfig(changed); !status.ok()) return status;
     if (*update.dma_mask_bits != (*device)->dma_mask_bits() && (*device)->domain() != nullptr) {
       return absl::FailedPreconditionError(
-          absl::StrCat("device ", device_id, " is attached to domain ",
-                       (*device)->domain()->id(), "; detach it to change dma_mask_bits"));
+          absl::StrCat("device ", device_id, " is attached to domain ", (*device)->domain()->id(),
+                       "; detach it to change dma_mask_bits"));
     }
     (*device)->set_dma_mask_bits(*update.dma_mask_bits);
   }

@@ -67,7 +67,7 @@ TEST_F(IommuTest, MapTranslateUnmap) {
   ASSERT_TRUE(mapped.ok()) << mapped.status();
   EXPECT_EQ(mapped->kind, MappingKind::kTranslated);
   TranslateResult dma = Dma(mapped->iova + 0x10, 0x1000);
-  ASSERT_FALSE(dma.faulted);
+  ASSERT_FALSE(dma.fault.has_value());
   ASSERT_EQ(dma.segments.size(), 1u);  // two pages, adjacent in memory: one segment
   EXPECT_EQ(dma.segments[0].phys, 0x10010u);
   EXPECT_EQ(dma.segments[0].size, 0x1000u);
@@ -75,8 +75,8 @@ TEST_F(IommuTest, MapTranslateUnmap) {
   ASSERT_TRUE(unmapped.ok()) << unmapped.status();
   EXPECT_EQ(unmapped->bytes_unmapped, 0x2000u);
   dma = Dma(mapped->iova);
-  EXPECT_TRUE(dma.faulted);
-  EXPECT_EQ(dma.fault.reason, FaultReason::kNotMapped);
+  ASSERT_TRUE(dma.fault.has_value());
+  EXPECT_EQ(dma.fault->reason, FaultReason::kNotMapped);
 }
 
 TEST_F(IommuTest, AllocatedIovaRespectsDmaMask) {
@@ -122,8 +122,8 @@ TEST_F(IommuTest, UnattachedDeviceCannotMapAndFaultsOnDma) {
   EXPECT_EQ(iommu_->Map(kOther, Request(0, 0x1000)).status().code(),
             absl::StatusCode::kFailedPrecondition);
   TranslateResult dma = Dma(0x1000, 1, Access::kRead, kOther);
-  EXPECT_TRUE(dma.faulted);
-  EXPECT_EQ(dma.fault.reason, FaultReason::kDeviceNotAttached);
+  ASSERT_TRUE(dma.fault.has_value());
+  EXPECT_EQ(dma.fault->reason, FaultReason::kDeviceNotAttached);
   EXPECT_EQ(iommu_->faults().total(), 1u);
   EXPECT_EQ(iommu_->Map("no-such-device", Request(0, 0x1000)).status().code(),
             absl::StatusCode::kNotFound);
@@ -162,7 +162,7 @@ TEST_F(VirtioUnmapTest, SplittingFailsAndRemovesNothing) {
   ASSERT_TRUE(MapPages(0, 9).ok());
   absl::StatusOr<uint64_t> split = UnmapPages(0, 4);
   EXPECT_EQ(split.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_FALSE(Dma(kBase + 0x2000).faulted);
+  EXPECT_FALSE(Dma(kBase + 0x2000).fault.has_value());
   EXPECT_EQ(Stats().debug.wrong_size_unmaps, 1u);
   EXPECT_EQ(iommu_->DeviceDebugCounts(kDevice)->wrong_size_unmaps, 1u);
   EXPECT_EQ(*UnmapPages(0, 9), 10u);
@@ -172,8 +172,8 @@ TEST_F(VirtioUnmapTest, FirstOfTwo) {
   ASSERT_TRUE(MapPages(0, 4).ok());
   ASSERT_TRUE(MapPages(5, 9).ok());
   EXPECT_EQ(*UnmapPages(0, 4), 5u);
-  EXPECT_TRUE(Dma(kBase).faulted);
-  EXPECT_FALSE(Dma(kBase + 5 * 0x1000).faulted);
+  EXPECT_TRUE(Dma(kBase).fault.has_value());
+  EXPECT_FALSE(Dma(kBase + 5 * 0x1000).fault.has_value());
 }
 
 TEST_F(VirtioUnmapTest, RangeRunningPastTheMapping) {
@@ -206,12 +206,12 @@ TEST_F(IommuTest, HugeLeavesUseOnePte) {
   ASSERT_TRUE(misaligned.ok());
   EXPECT_EQ(misaligned->leaves_4k, 512u);
   // A 2 MiB leaf is one IOTLB entry, and one range invalidation removes it.
-  EXPECT_FALSE(Dma(two_mib->iova).faulted);
+  EXPECT_FALSE(Dma(two_mib->iova).fault.has_value());
   EXPECT_TRUE(Dma(two_mib->iova + 0x123000).iotlb_hit);
   const uint64_t invalidated_before = Stats().iotlb.invalidated_entries;
   ASSERT_TRUE(iommu_->Unmap(kDevice, two_mib->iova, 0x200000).ok());
   EXPECT_EQ(Stats().iotlb.invalidated_entries - invalidated_before, 1u);
-  EXPECT_TRUE(Dma(two_mib->iova + 0x123000).faulted);
+  EXPECT_TRUE(Dma(two_mib->iova + 0x123000).fault.has_value());
 }
 
 TEST_F(IommuTest, OnlySupportedPageSizesAreUsed) {
@@ -226,10 +226,10 @@ TEST_F(IommuTest, PermissionFaults) {
   absl::StatusOr<MapResult> read_only =
       iommu_->Map(kDevice, Request(0x5000, 0x1000, {true, false}));
   ASSERT_TRUE(read_only.ok());
-  EXPECT_FALSE(Dma(read_only->iova, 8, Access::kRead).faulted);
+  EXPECT_FALSE(Dma(read_only->iova, 8, Access::kRead).fault.has_value());
   TranslateResult write = Dma(read_only->iova, 8, Access::kWrite);
-  EXPECT_TRUE(write.faulted);
-  EXPECT_EQ(write.fault.reason, FaultReason::kPermission);
+  ASSERT_TRUE(write.fault.has_value());
+  EXPECT_EQ(write.fault->reason, FaultReason::kPermission);
   std::vector<Fault> recent = *iommu_->RecentFaults("d", 0);
   ASSERT_EQ(recent.size(), 1u);
   EXPECT_EQ(recent[0].iova, read_only->iova);
@@ -239,9 +239,14 @@ TEST_F(IommuTest, PermissionFaults) {
 TEST_F(IommuTest, TranslateFaultReasons) {
   Build(Policy::kParanoid, {.aperture_first = 0x100000, .aperture_last = 0xffffffff},
         {.dma_mask_bits = 36});
-  EXPECT_EQ(Dma(0x1000).fault.reason, FaultReason::kOutsideAperture);
-  EXPECT_EQ(Dma(uint64_t{1} << 36).fault.reason, FaultReason::kAboveDmaMask);
-  EXPECT_EQ(Dma(0x200000).fault.reason, FaultReason::kNotMapped);
+  auto reason_at = [this](uint64_t iova) -> std::optional<FaultReason> {
+    const TranslateResult dma = Dma(iova);
+    if (!dma.fault.has_value()) return std::nullopt;
+    return dma.fault->reason;
+  };
+  EXPECT_EQ(reason_at(0x1000), FaultReason::kOutsideAperture);
+  EXPECT_EQ(reason_at(uint64_t{1} << 36), FaultReason::kAboveDmaMask);
+  EXPECT_EQ(reason_at(0x200000), FaultReason::kNotMapped);
   EXPECT_EQ(Stats().debug.dma_after_unmap, 1u);
   EXPECT_EQ(iommu_->Translate(kDevice, 0, 0, Access::kRead).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -334,7 +339,8 @@ TEST_F(IommuTest, DescribeDomainAndDevice) {
 }
 
 TEST_F(IommuTest, UpdateDeviceChangesTheMaskOnlyWhileDetached) {
-  absl::Status attached = iommu_->UpdateDevice(kDevice, {.dma_mask_bits = 32, .allow_bypass = true});
+  absl::Status attached =
+      iommu_->UpdateDevice(kDevice, {.dma_mask_bits = 32, .allow_bypass = true});
   EXPECT_EQ(attached.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(attached.message(), HasSubstr("dma_mask_bits"));
   EXPECT_FALSE(iommu_->DescribeDevice(kDevice)->config.allow_bypass);  // all or nothing
@@ -353,11 +359,11 @@ TEST_F(IommuTest, UpdateDeviceChangesTheMaskOnlyWhileDetached) {
 TEST_F(IommuTest, ParanoidNeverServesAStaleTranslation) {
   absl::StatusOr<MapResult> mapped = iommu_->Map(kDevice, Request(0x9000, 0x1000));
   ASSERT_TRUE(mapped.ok());
-  EXPECT_FALSE(Dma(mapped->iova).faulted);  // fills the IOTLB
+  EXPECT_FALSE(Dma(mapped->iova).fault.has_value());  // fills the IOTLB
   const uint64_t invalidations_before = iommu_->UnitStats(0).calls;
   ASSERT_TRUE(iommu_->Unmap(kDevice, mapped->iova, 0x1000).ok());
   EXPECT_EQ(iommu_->UnitStats(0).calls, invalidations_before + 1);  // before it replied
-  EXPECT_TRUE(Dma(mapped->iova).faulted);
+  EXPECT_TRUE(Dma(mapped->iova).fault.has_value());
   EXPECT_EQ(Stats().stale_translations, 0u);
 }
 
@@ -365,16 +371,16 @@ TEST_F(IommuTest, FastServesStaleTranslationsUntilTheFlush) {
   Build(Policy::kFast);
   absl::StatusOr<MapResult> mapped = iommu_->Map(kDevice, Request(0x9000, 0x1000));
   ASSERT_TRUE(mapped.ok());
-  EXPECT_FALSE(Dma(mapped->iova).faulted);
+  EXPECT_FALSE(Dma(mapped->iova).fault.has_value());
   ASSERT_TRUE(iommu_->Unmap(kDevice, mapped->iova, 0x1000).ok());
   TranslateResult stale = Dma(mapped->iova);
-  ASSERT_FALSE(stale.faulted);
+  ASSERT_FALSE(stale.fault.has_value());
   EXPECT_TRUE(stale.stale);
   EXPECT_EQ(stale.segments[0].phys, 0x9000u);
   EXPECT_EQ(Stats().stale_translations, 1u);
   EXPECT_EQ(Stats().flush_queue.pending, 1u);
   ASSERT_TRUE(iommu_->Flush("d").ok());
-  EXPECT_TRUE(Dma(mapped->iova).faulted);
+  EXPECT_TRUE(Dma(mapped->iova).fault.has_value());
   EXPECT_EQ(Stats().flush_queue.pending, 0u);
   EXPECT_EQ(Stats().iova.allocated_bytes, 0u);  // the IOVA went back after the flush
 }
@@ -388,22 +394,22 @@ TEST_F(IommuTest, FastMarksEveryRangeOfAnUnmapStaleUntilItsOwnFlush) {
     ASSERT_TRUE(
         iommu_->Map(kDevice, FixedRequest(0x100000 + i * 0x1000, 0x9000 + i * 0x1000, 0x1000))
             .ok());
-    EXPECT_FALSE(Dma(0x100000 + i * 0x1000).faulted);  // fills the IOTLB
+    EXPECT_FALSE(Dma(0x100000 + i * 0x1000).fault.has_value());  // fills the IOTLB
   }
   absl::StatusOr<UnmapResult> unmapped = iommu_->Unmap(kDevice, 0x100000, 0x3000);
   ASSERT_TRUE(unmapped.ok());
   EXPECT_EQ(unmapped->mappings_removed, 3u);
   EXPECT_EQ(Stats().flush_queue.full_flushes, 1u);
   EXPECT_EQ(Stats().flush_queue.pending, 1u);
-  EXPECT_TRUE(Dma(0x100000).faulted);  // flushed
-  EXPECT_TRUE(Dma(0x101000).faulted);
+  EXPECT_TRUE(Dma(0x100000).fault.has_value());  // flushed
+  EXPECT_TRUE(Dma(0x101000).fault.has_value());
   TranslateResult third = Dma(0x102000);
-  ASSERT_FALSE(third.faulted);
+  ASSERT_FALSE(third.fault.has_value());
   EXPECT_TRUE(third.stale);
   EXPECT_EQ(third.segments[0].phys, 0xb000u);
   EXPECT_EQ(Stats().stale_translations, 1u);
   ASSERT_TRUE(iommu_->Flush("d").ok());
-  EXPECT_TRUE(Dma(0x102000).faulted);
+  EXPECT_TRUE(Dma(0x102000).fault.has_value());
 }
 
 TEST_F(IommuTest, FastHoldsIovasUntilTheirFlush) {
@@ -431,11 +437,11 @@ TEST_F(IommuTest, FastFlushesWhenTheQueueFills) {
 TEST_F(IommuTest, FixedIovaWaitingForItsFlushCanBeMappedAgain) {
   Build(Policy::kFast);
   ASSERT_TRUE(iommu_->Map(kDevice, FixedRequest(0x100000, 0x1000, 0x1000)).ok());
-  EXPECT_FALSE(Dma(0x100000).faulted);
+  EXPECT_FALSE(Dma(0x100000).fault.has_value());
   ASSERT_TRUE(iommu_->Unmap(kDevice, 0x100000, 0x1000).ok());
   ASSERT_TRUE(iommu_->Map(kDevice, FixedRequest(0x100000, 0x2000, 0x1000)).ok());
   TranslateResult dma = Dma(0x100000);
-  ASSERT_FALSE(dma.faulted);
+  ASSERT_FALSE(dma.fault.has_value());
   EXPECT_FALSE(dma.stale);
   EXPECT_EQ(dma.segments[0].phys, 0x2000u);
 }
@@ -444,10 +450,10 @@ TEST_F(IommuTest, SwitchingToParanoidDrainsTheFlushQueue) {
   Build(Policy::kFast);
   absl::StatusOr<MapResult> mapped = iommu_->Map(kDevice, Request(0x9000, 0x1000));
   ASSERT_TRUE(mapped.ok());
-  EXPECT_FALSE(Dma(mapped->iova).faulted);
+  EXPECT_FALSE(Dma(mapped->iova).fault.has_value());
   ASSERT_TRUE(iommu_->Unmap(kDevice, mapped->iova, 0x1000).ok());
   ASSERT_TRUE(iommu_->SetPolicy("d", Policy::kParanoid).ok());
-  EXPECT_TRUE(Dma(mapped->iova).faulted);
+  EXPECT_TRUE(Dma(mapped->iova).fault.has_value());
   EXPECT_EQ(Stats().policy, Policy::kParanoid);
 }
 
@@ -459,7 +465,7 @@ TEST_F(IommuTest, PassthroughIsIdentityWhereTheMaskReaches) {
   EXPECT_EQ(low->iova, 0x5000u);
   // Identity for every reachable address, mapped or not.
   TranslateResult anywhere = Dma(0x12345678, 16);
-  ASSERT_FALSE(anywhere.faulted);
+  ASSERT_FALSE(anywhere.fault.has_value());
   EXPECT_EQ(anywhere.kind, MappingKind::kIdentity);
   EXPECT_EQ(anywhere.segments[0].phys, 0x12345678u);
   // Above the mask: a translated mapping.
@@ -468,7 +474,7 @@ TEST_F(IommuTest, PassthroughIsIdentityWhereTheMaskReaches) {
   EXPECT_EQ(high->kind, MappingKind::kTranslated);
   EXPECT_LE(high->iova, 0xffffffffu);
   TranslateResult translated = Dma(high->iova);
-  ASSERT_FALSE(translated.faulted);
+  ASSERT_FALSE(translated.fault.has_value());
   EXPECT_EQ(translated.kind, MappingKind::kTranslated);
   EXPECT_EQ(translated.segments[0].phys, uint64_t{8} << 30);
   // Unmapping an identity map has nothing to do, and is no double unmap.
@@ -540,7 +546,7 @@ TEST_F(IommuTest, FastBypassesOnlyWhereTheOperatorAllowed) {
   EXPECT_EQ(Stats().live_mappings, 0u);  // no PTE
   // The window reaches all of memory, not just what was mapped.
   TranslateResult elsewhere = Dma((uint64_t{1} << 59) + 3 * kGiB, 64, Access::kWrite);
-  ASSERT_FALSE(elsewhere.faulted);
+  ASSERT_FALSE(elsewhere.fault.has_value());
   EXPECT_EQ(elsewhere.kind, MappingKind::kBypass);
   EXPECT_EQ(elsewhere.segments[0].phys, 3 * kGiB);
   EXPECT_EQ(iommu_->Unmap(kDevice, bypass->iova, 0x1000)->bytes_unmapped, 0u);
@@ -609,7 +615,7 @@ TEST_F(IommuTest, DetachReportsLeaksAndKeepsTheMappings) {
   ASSERT_TRUE(detached.ok());
   EXPECT_EQ(detached->leaked.mappings, 1u);  // only its own
   EXPECT_EQ(Stats().live_mappings, 2u);
-  EXPECT_FALSE(Dma(other->iova, 1, Access::kRead, kOther).faulted);
+  EXPECT_FALSE(Dma(other->iova, 1, Access::kRead, kOther).fault.has_value());
   EXPECT_EQ(iommu_->Detach(kDevice).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/container/inlined_vector.h"
@@ -119,8 +120,9 @@ struct PhysSegment {
 
 // What the device's DMA sees for [iova, iova + size).
 struct TranslateResult {
-  bool faulted = false;
-  Fault fault;  // when faulted
+  // Set when the DMA faults. Optional rather than always present: an empty
+  // Fault still costs its strings on every move of every translation.
+  std::optional<Fault> fault;
   // Physical segments in IOVA order, adjacent ones merged (when not faulted).
   absl::InlinedVector<PhysSegment, 1> segments;
   MappingKind kind = MappingKind::kTranslated;

@@ -51,9 +51,9 @@ std::string SegmentsText(absl::Span<const PhysSegment> segments) {
 }
 
 std::string TranslateText(const TranslateResult& result) {
-  if (result.faulted) {
-    return absl::StrCat("fault ", FaultReasonName(result.fault.reason), " at ",
-                        Hex(result.fault.iova));
+  if (result.fault.has_value()) {
+    return absl::StrCat("fault ", FaultReasonName(result.fault->reason), " at ",
+                        Hex(result.fault->iova));
   }
   return absl::StrCat("[", SegmentsText(result.segments), "] ", MappingKindName(result.kind),
                       result.stale ? " stale" : "");
@@ -232,14 +232,14 @@ void DifferentialIommu::CheckLastFault(const std::string& domain_id, uint64_t se
 void DifferentialIommu::ExpectFault(const TranslateResult& got, ModelDomain* domain,
                                     ModelDevice& device, uint64_t iova, Access access,
                                     FaultReason reason) {
-  DIFF_EXPECT(got.faulted && got.fault.reason == reason && got.fault.iova == iova,
+  DIFF_EXPECT(got.fault.has_value() && got.fault->reason == reason && got.fault->iova == iova,
               absl::StrCat("want fault ", FaultReasonName(reason), " at ", Hex(iova), ", got ",
                            TranslateText(got)));
   const std::string domain_id = domain != nullptr ? domain->config.id : "";
-  DIFF_EXPECT(got.fault.domain_id == domain_id && got.fault.device_id == device.config.id &&
-                  got.fault.access == access && got.segments.empty(),
-              absl::StrCat("fault names domain '", got.fault.domain_id, "', device '",
-                           got.fault.device_id, "'"));
+  DIFF_EXPECT(got.fault->domain_id == domain_id && got.fault->device_id == device.config.id &&
+                  got.fault->access == access && got.segments.empty(),
+              absl::StrCat("fault names domain '", got.fault->domain_id, "', device '",
+                           got.fault->device_id, "'"));
   ++model_.iommu_faults;
   if (domain != nullptr) {
     ++domain->faults;
@@ -248,10 +248,10 @@ void DifferentialIommu::ExpectFault(const TranslateResult& got, ModelDomain* dom
       ++device.debug.dma_after_unmap;
     }
     // Sequence numbers are broker-wide: the domain's log holds the same one.
-    CheckLastFault(domain_id, model_.iommu_faults, got.fault);
+    CheckLastFault(domain_id, model_.iommu_faults, *got.fault);
     if (failed()) return;
   }
-  CheckLastFault("", model_.iommu_faults, got.fault);
+  CheckLastFault("", model_.iommu_faults, *got.fault);
 }
 
 // ---------------------------------------------------------------- Control operations
@@ -842,7 +842,7 @@ void DifferentialIommu::Translate(const std::string& device_id, uint64_t iova, u
                          FaultReason::kNotMapped);
     }
     Cover("translate: bypass");
-    DIFF_EXPECT(!got->faulted && got->kind == MappingKind::kBypass && !got->stale &&
+    DIFF_EXPECT(!got->fault.has_value() && got->kind == MappingKind::kBypass && !got->stale &&
                     !got->iotlb_hit && got->segments.size() == 1 &&
                     got->segments[0].phys == iova - kBypassBase && got->segments[0].size == size,
                 absl::StrCat("want bypass to ", Hex(iova - kBypassBase)));
@@ -906,8 +906,8 @@ void DifferentialIommu::Translate(const std::string& device_id, uint64_t iova, u
     const uint64_t piece_last = std::min(last, page + (kPage - 1));
     const Page at = outcome(page);
     const bool denied = at.what != What::kFault && !Allows(at.perms, access);
-    if (got->faulted && got->fault.iova == cursor) {
-      const FaultReason reason = got->fault.reason;
+    if (got->fault.has_value() && got->fault->iova == cursor) {
+      const FaultReason reason = got->fault->reason;
       const bool allowed =
           (at.what == What::kFault && reason == at.reason) ||
           (at.what == What::kServe && denied && reason == FaultReason::kPermission) ||
@@ -943,7 +943,7 @@ void DifferentialIommu::Translate(const std::string& device_id, uint64_t iova, u
     if (piece_last == last) break;
     cursor = piece_last + 1;
   }
-  DIFF_EXPECT(!got->faulted,
+  DIFF_EXPECT(!got->fault.has_value(),
               absl::StrCat("want [", SegmentsText(want), "], got ", TranslateText(*got)));
   DIFF_EXPECT(
       SameSegments(got->segments, want) && got->kind == want_kind && got->stale == want_stale,

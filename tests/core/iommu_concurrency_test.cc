@@ -117,9 +117,9 @@ MapRequest FixedRequest(uint64_t iova, uint64_t phys, uint64_t size) {
 }
 
 std::string Describe(const TranslateResult& result) {
-  if (result.faulted) {
-    return absl::StrCat("fault ", FaultReasonName(result.fault.reason), " at ",
-                        Hex(result.fault.iova));
+  if (result.fault.has_value()) {
+    return absl::StrCat("fault ", FaultReasonName(result.fault->reason), " at ",
+                        Hex(result.fault->iova));
   }
   std::vector<std::string> segments;
   for (const PhysSegment& segment : result.segments) {
@@ -131,8 +131,8 @@ std::string Describe(const TranslateResult& result) {
 
 // True if `result` is exactly one segment [phys, phys + size).
 bool IsExactly(const TranslateResult& result, uint64_t phys, uint64_t size) {
-  return !result.faulted && result.segments.size() == 1 && result.segments[0].phys == phys &&
-         result.segments[0].size == size;
+  return !result.fault.has_value() && result.segments.size() == 1 &&
+         result.segments[0].phys == phys && result.segments[0].size == size;
 }
 
 // Collects what the threads found wrong; the test asserts it is empty.
@@ -174,9 +174,9 @@ struct Tally {
 
   void Count(const TranslateResult& result) {
     translations.fetch_add(1, std::memory_order_relaxed);
-    if (result.faulted) {
+    if (result.fault.has_value()) {
       faults.fetch_add(1, std::memory_order_relaxed);
-      if (result.fault.reason == FaultReason::kNotMapped) {
+      if (result.fault->reason == FaultReason::kNotMapped) {
         not_mapped.fetch_add(1, std::memory_order_relaxed);
       }
     }
@@ -438,11 +438,11 @@ class AutoStress final {
     }
     tally_.Count(*result);
     after.what = Describe(*result);
-    if (result->faulted) {
+    if (result->fault.has_value()) {
       after.faulted = true;
       tally_.after_unmap_faulted.fetch_add(1, std::memory_order_relaxed);
-      if (result->fault.reason != FaultReason::kNotMapped || result->fault.iova < iova ||
-          result->fault.iova >= iova + size) {
+      if (result->fault->reason != FaultReason::kNotMapped || result->fault->iova < iova ||
+          result->fault->iova >= iova + size) {
         failures_.Add(absl::StrCat(who, ": translate of unmapped iova ", Hex(iova),
                                    " faulted with ", after.what));
       }
@@ -551,8 +551,8 @@ class AutoStress final {
       return;
     }
     tally_.Count(*result);
-    if (result->faulted) {
-      if (result->fault.reason != FaultReason::kNotMapped) {
+    if (result->fault.has_value()) {
+      if (result->fault->reason != FaultReason::kNotMapped) {
         failures_.Add(absl::StrCat(who, ": ", Describe(*result)));
       }
       return;
@@ -943,9 +943,9 @@ TEST(IommuConcurrencyTest, ControlPlaneRaces) {
       }
       return;
     }
-    if (result->faulted) {
-      if (result->fault.reason != FaultReason::kNotMapped &&
-          result->fault.reason != FaultReason::kDeviceNotAttached) {
+    if (result->fault.has_value()) {
+      if (result->fault->reason != FaultReason::kNotMapped &&
+          result->fault->reason != FaultReason::kDeviceNotAttached) {
         failures.Add(absl::StrCat(what, ": ", Describe(*result)));
       }
       return;
@@ -1315,7 +1315,8 @@ TEST_P(FixedIovaTest, DisjointWindowsSharingTablePages) {
         return;
       }
       tally.Count(*result);
-      const bool faulted = result->faulted && result->fault.reason == FaultReason::kNotMapped;
+      const bool faulted =
+          result->fault.has_value() && result->fault->reason == FaultReason::kNotMapped;
       const bool stale_old =
           policy == Policy::kFast && result->stale && IsExactly(*result, live.record->pa, length);
       if (!faulted && !stale_old) {
@@ -1342,7 +1343,7 @@ TEST_P(FixedIovaTest, DisjointWindowsSharingTablePages) {
         return;
       }
       tally.Count(*result);
-      if (!result->faulted || result->fault.reason != FaultReason::kNotMapped) {
+      if (!result->fault.has_value() || result->fault->reason != FaultReason::kNotMapped) {
         failures.Add(absl::StrCat(device.id(), ": unmapped and flushed iova ", Hex(live.iova),
                                   " (was PA ", Hex(live.record->pa), ") under ", PolicyName(policy),
                                   " translated to ", Describe(*result)));
@@ -1589,8 +1590,8 @@ TEST(IommuConcurrencyTest, IdentityFirstClaimsRace) {
       return;
     }
     translations.fetch_add(1, std::memory_order_relaxed);
-    if (result->faulted) {
-      if (result->fault.reason != FaultReason::kNotMapped) {
+    if (result->fault.has_value()) {
+      if (result->fault->reason != FaultReason::kNotMapped) {
         failures.Add(absl::StrCat(who, ": ", Describe(*result)));
       }
       return;
