@@ -203,8 +203,10 @@ void Iotlb::UnlockSet(Line* set, uint64_t locked_at, bool modified) {
 
 bool Iotlb::Lookup(uint32_t requester, uint64_t iova, IotlbEntry& entry) {
   if (ValidRequester(requester) && iova <= kLastIova) {
+    const PageSizeSet inserted = sizes_inserted_.load(std::memory_order_relaxed);
     for (int i = 0; i < num_probe_shifts_; ++i) {
       const unsigned shift = probe_shifts_[i];
+      if ((inserted & (uint64_t{1} << shift)) == 0) continue;
       const uint64_t page_number = iova >> shift;
       uint64_t value;
       if (Probe(SetOf(page_number, shift), MakeTag(requester, shift, page_number), &value)) {
@@ -236,6 +238,9 @@ void Iotlb::Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry) 
   const uint64_t value = (entry.phys & ~(entry.page_size - 1)) | (entry.perms.read ? kReadBit : 0) |
                          (entry.perms.write ? kWriteBit : 0);
   Line* const set = SetOf(page_number, shift);
+  if ((sizes_inserted_.load(std::memory_order_relaxed) & entry.page_size) == 0) {
+    sizes_inserted_.fetch_or(entry.page_size, std::memory_order_relaxed);
+  }
 
   const uint64_t locked_at = LockSet(set);
   // Why a walk that raced with an invalidation cannot insert a stale

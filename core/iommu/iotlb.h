@@ -69,7 +69,7 @@ class Iotlb final {
   Iotlb& operator=(const Iotlb&) = delete;
 
   // The entry of `requester` covering `iova`, probing each page size the
-  // domain supports; counts a hit or a miss.
+  // domain supports that was ever inserted; counts a hit or a miss.
   std::optional<IotlbEntry> Lookup(uint32_t requester, uint64_t iova) {
     IotlbEntry entry;
     if (!Lookup(requester, iova, entry)) return std::nullopt;
@@ -140,8 +140,14 @@ class Iotlb final {
   std::array<uint8_t, 3> probe_shifts_{};
   int num_probe_shifts_ = 0;
   std::unique_ptr<Line[]> lines_;
-  // Bumped when any invalidation begins (see FillToken).
-  std::atomic<uint64_t> invalidations_begun_{0};
+  // The page sizes ever inserted: Lookup skips probing the others (a miss
+  // is always a correct answer), so a domain that allows huge pages but maps
+  // none pays one probe per miss, not three. Set once per size, then only
+  // read.
+  std::atomic<PageSizeSet> sizes_inserted_{0};
+  // Bumped when any invalidation begins (see FillToken). On a line of its
+  // own: invalidations write it, while every lookup reads the fields above.
+  alignas(64) std::atomic<uint64_t> invalidations_begun_{0};
   PerThread<Counts> counts_;
 };
 

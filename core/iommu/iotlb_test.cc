@@ -109,6 +109,33 @@ TEST(IotlbTest, OneGigabyteEntryCoversItsRange) {
   EXPECT_FALSE(Hits(*iotlb, 1, 2 * kPage1G));
 }
 
+// Lookups skip page sizes never inserted; the first huge entry, arriving
+// after many 4 KiB lookups and misses, is found all the same, and 4 KiB
+// entries after it.
+TEST(IotlbTest, HugeEntriesInsertedAfterSmallOnesAreFound) {
+  std::unique_ptr<Iotlb> iotlb = MakeIotlb();
+  ASSERT_NE(iotlb, nullptr);
+  Fill(*iotlb, 1, Entry(0x1000, 0x9000));
+  EXPECT_TRUE(Hits(*iotlb, 1, 0x1000));
+  EXPECT_FALSE(Hits(*iotlb, 1, 5 * kPage2M));
+  EXPECT_FALSE(Hits(*iotlb, 1, 3 * kPage1G));
+
+  Fill(*iotlb, 1, Entry(5 * kPage2M, 9 * kPage2M, kPage2M));
+  std::optional<IotlbEntry> two_mib = iotlb->Lookup(1, 5 * kPage2M + 0x1234);
+  ASSERT_TRUE(two_mib.has_value());
+  EXPECT_EQ(two_mib->page_size, kPage2M);
+  EXPECT_FALSE(Hits(*iotlb, 1, 3 * kPage1G));
+
+  Fill(*iotlb, 1, Entry(3 * kPage1G, kPage1G, kPage1G));
+  std::optional<IotlbEntry> one_gib = iotlb->Lookup(1, 3 * kPage1G + 0x123000);
+  ASSERT_TRUE(one_gib.has_value());
+  EXPECT_EQ(one_gib->page_size, kPage1G);
+  EXPECT_TRUE(Hits(*iotlb, 1, 0x1000));
+  const IotlbStats stats = iotlb->Stats();
+  EXPECT_EQ(stats.hits, 4u);
+  EXPECT_EQ(stats.misses, 3u);
+}
+
 // A page size the IOTLB was not created with is not cached: Lookup would
 // never probe for it.
 TEST(IotlbTest, UnsupportedPageSizeIsNotCached) {
