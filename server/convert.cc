@@ -300,7 +300,7 @@ absl::StatusOr<MapRequest> MapRequestFromProto(const v1::MapRequest& request) {
 void MapResultToProto(const MapResult& result, v1::MapResponse* out) {
   out->set_iova(result.iova);
   out->set_kind(MappingKindToProto(result.kind));
-  out->set_bypass_refusal(result.bypass_refusal);
+  if (result.bypass_refusal.has_value()) out->set_bypass_refusal(*result.bypass_refusal);
   out->set_leaves_4k(result.leaves_4k);
   out->set_leaves_2m(result.leaves_2m);
   out->set_leaves_1g(result.leaves_1g);

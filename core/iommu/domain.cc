@@ -155,9 +155,11 @@ absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request)
     AddOwned(counts_.Local().bypass_maps, 1);
     return **bypass;
   }
-  if (!refusal.empty()) AddOwned(counts_.Local().bypass_fallbacks, 1);
   MapResult result;
-  result.bypass_refusal = std::move(refusal);
+  if (!refusal.empty()) {
+    AddOwned(counts_.Local().bypass_fallbacks, 1);
+    result.bypass_refusal = std::move(refusal);
+  }
   if (policy() == Policy::kPassthrough && !request.has_iova &&
       request.phys + (request.size - 1) <= device.dma_mask()) {
     AddOwned(counts_.Local().identity_maps, 1);

@@ -528,7 +528,7 @@ TEST_F(IommuTest, ParanoidNeverHonoursBypass) {
   absl::StatusOr<MapResult> fallback = iommu_->Map(kDevice, request);
   ASSERT_TRUE(fallback.ok());
   EXPECT_EQ(fallback->kind, MappingKind::kTranslated);
-  EXPECT_THAT(fallback->bypass_refusal, HasSubstr("paranoid"));
+  EXPECT_THAT(fallback->bypass_refusal.value_or(""), HasSubstr("paranoid"));
 }
 
 TEST_F(IommuTest, FastBypassesOnlyWhereTheOperatorAllowed) {
@@ -561,7 +561,7 @@ TEST_F(IommuTest, BypassNeedsADmaMaskThatReachesTheWindow) {
   request.bypass = BypassMode::kPrefer;
   absl::StatusOr<MapResult> fallback = iommu_->Map(kDevice, request);
   ASSERT_TRUE(fallback.ok());
-  EXPECT_THAT(fallback->bypass_refusal, HasSubstr("32-bit DMA mask"));
+  EXPECT_THAT(fallback->bypass_refusal.value_or(""), HasSubstr("32-bit DMA mask"));
 }
 
 // ---------------------------------------------------------------- Devices and domains

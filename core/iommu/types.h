@@ -76,7 +76,8 @@ struct MapResult {
   uint64_t iova = 0;
   MappingKind kind = MappingKind::kTranslated;
   // Set when bypass was preferred but not granted: why it was translated.
-  std::string bypass_refusal;
+  // Optional rather than an empty string: every map moves its result.
+  std::optional<std::string> bypass_refusal;
   // Leaf PTEs written, by size (all zero for identity in pt and bypass).
   uint64_t leaves_4k = 0;
   uint64_t leaves_2m = 0;

@@ -511,9 +511,9 @@ void DifferentialIommu::Map(const std::string& device_id, const MapRequest& requ
   Result(got.ok()
              ? absl::StrCat("iova ", Hex(got->iova), " ", MappingKindName(got->kind), " leaves ",
                             got->leaves_4k, "/", got->leaves_2m, "/", got->leaves_1g,
-                            got->bypass_refusal.empty()
+                            !got->bypass_refusal.has_value()
                                 ? ""
-                                : absl::StrCat(" (refused: ", got->bypass_refusal, ")"))
+                                : absl::StrCat(" (refused: ", *got->bypass_refusal, ")"))
              : StatusText(got.status()));
   using Code = absl::StatusCode;
   auto device_it = model_.devices.find(device_id);
@@ -571,7 +571,7 @@ void DifferentialIommu::Map(const std::string& device_id, const MapRequest& requ
       DIFF_EXPECT(got.ok(), StatusText(got.status()));
       DIFF_EXPECT(got->iova == kBypassBase + request.phys && got->kind == MappingKind::kBypass &&
                       got->leaves_4k + got->leaves_2m + got->leaves_1g == 0 &&
-                      got->bypass_refusal.empty(),
+                      !got->bypass_refusal.has_value(),
                   absl::StrCat("want bypass at ", Hex(kBypassBase + request.phys)));
       ++domain.bypass_maps;
       model_.unrecorded.push_back({got->iova, request.size});
@@ -584,8 +584,8 @@ void DifferentialIommu::Map(const std::string& device_id, const MapRequest& requ
     Cover("map: bypass preferred, refused");
   }
   auto check_refusal = [&]() {
-    DIFF_EXPECT(refusal.empty() ? got->bypass_refusal.empty()
-                                : absl::StrContains(got->bypass_refusal, refusal),
+    DIFF_EXPECT(refusal.empty() ? !got->bypass_refusal.has_value()
+                                : absl::StrContains(got->bypass_refusal.value_or(""), refusal),
                 absl::StrCat("want bypass refusal naming \"", refusal, "\""));
   };
 
@@ -717,8 +717,8 @@ void DifferentialIommu::CheckMapped(const absl::StatusOr<MapResult>& got, ModelD
   const bool identity = mapping.origin == Origin::kClaimed && iova == request.phys;
   DIFF_EXPECT(got->kind == (identity ? MappingKind::kIdentity : MappingKind::kTranslated),
               absl::StrCat("want kind ", identity ? "identity" : "translated"));
-  DIFF_EXPECT(refusal.empty() ? got->bypass_refusal.empty()
-                              : absl::StrContains(got->bypass_refusal, refusal),
+  DIFF_EXPECT(refusal.empty() ? !got->bypass_refusal.has_value()
+                              : absl::StrContains(got->bypass_refusal.value_or(""), refusal),
               absl::StrCat("want bypass refusal naming \"", refusal, "\""));
   DIFF_EXPECT(got->leaves_1g == 0, "no 1 GiB page size");
   if (mapping.origin == Origin::kClaimed) {
