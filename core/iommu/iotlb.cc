@@ -182,8 +182,9 @@ uint64_t Iotlb::LockSet(Line* set) {
   std::atomic<uint64_t>& seq = Word(set, kSeqWord);
   for (int spins = 0;; ++spins) {
     uint64_t current = seq.load(std::memory_order_relaxed);
+    // Sequentially consistent: see NothingToInvalidate.
     if ((current & 1) == 0 &&
-        seq.compare_exchange_weak(current, current + 1, std::memory_order_acquire,
+        seq.compare_exchange_weak(current, current + 1, std::memory_order_seq_cst,
                                   std::memory_order_relaxed)) {
       return current;
     }
@@ -290,7 +291,31 @@ void Iotlb::Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry) 
 }
 
 template <typename Match>
+bool Iotlb::NothingToInvalidate(Line* set, const Match& match) const {
+  // Why a fill cannot slip past this unlocked look. The invalidation bumped
+  // invalidations_begun_ (sequentially consistent) before this load of the
+  // set's sequence, and an Insert locks the set (sequentially consistent)
+  // before it reads the counter. If this load saw the set unlocked and
+  // unchanged since, an Insert that locks it later reads the bump and drops
+  // a fill whose walk began before it; one that finished earlier published
+  // its entry before the sequence we read, so the ways below show it.
+  std::atomic<uint64_t>& seq = Word(set, kSeqWord);
+  const uint64_t before = seq.load(std::memory_order_seq_cst);
+  if ((before & 1) != 0) return false;
+  for (uint32_t way = 0; way < geometry_.ways; ++way) {
+    const uint64_t tag = Word(set, kFirstTagWord + way).load(kWayLoad);
+    if ((tag & kValid) != 0 && match(tag)) return false;
+  }
+  ReadFence();
+  return seq.load(std::memory_order_relaxed) == before;
+}
+
+template <typename Match>
 uint64_t Iotlb::InvalidateInSet(Line* set, const Match& match) {
+  // Looking first leaves a set with nothing to remove unwritten, so its line
+  // stays shared by every CPU instead of moving to each invalidating one
+  // (a whole-IOTLB sweep of an idle IOTLB then writes nothing).
+  if (NothingToInvalidate(set, match)) return 0;
   const uint64_t locked_at = LockSet(set);
   uint64_t removed = 0;
   for (uint32_t way = 0; way < geometry_.ways; ++way) {

@@ -130,6 +130,11 @@ class Iotlb final {
   // (a function of the tag word); returns how many.
   template <typename Match>
   uint64_t InvalidateInSet(Line* set, const Match& match);
+  // True if `set` holds no valid way satisfying `match` and no insert can
+  // still add one that an invalidation begun before this call must remove:
+  // a seqlock read, taking no lock.
+  template <typename Match>
+  bool NothingToInvalidate(Line* set, const Match& match) const;
   template <typename Match>
   void InvalidateEverywhere(const Match& match);
 
