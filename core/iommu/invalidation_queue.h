@@ -163,11 +163,11 @@ class InvalidationQueue final {
   // (GatherOthers): batches cost something and other threads were unmapping
   // lately. A lone unmapping thread never waits.
   bool ExpectCompany() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // Before starting batch `mine` alone when threads take turns at the queue:
-  // waits (lock released) up to half the batch's fixed cost for another
-  // caller to join and start it, so that the two share a batch instead of
+  // Before starting the waiter's batch alone when threads take turns at the
+  // queue: waits (lock released) up to half the batch's fixed cost for
+  // another caller to join and start it, so that the two share a batch instead of
   // alternating. Group commit's delay, bounded by the cost it saves. Returns
-  // true, with the lock released, if batch `mine` completed meanwhile; false
+  // true, with the lock released, if that batch completed meanwhile; false
   // with the lock held otherwise.
   bool GatherOthers(std::unique_lock<std::mutex>& lock, Waiter& waiter)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
