@@ -209,8 +209,9 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   };
 
   absl::Status ValidateMapRequest(const MapRequest& request) const;
-  // The bypass mapping, or nullopt to translate (with `refusal` saying why
-  // when bypass was preferred but not granted).
+  // For a request that asks for bypass: the bypass mapping, or nullopt to
+  // translate (with `refusal` saying why when bypass was preferred but not
+  // granted).
   absl::StatusOr<std::optional<MapResult>> DecideBypass(const Device& device,
                                                         const MapRequest& request,
                                                         std::string* refusal) const;
