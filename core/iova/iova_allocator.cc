@@ -15,9 +15,9 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
 #include "core/iova/iova_arena.h"
-#include "core/iova/reclaim_gate.h"
 #include "core/iova/size_class.h"
 #include "core/util/hex.h"
+#include "core/util/reclaim_gate.h"
 
 namespace iommu_broker {
 namespace {

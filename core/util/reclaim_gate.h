@@ -17,11 +17,12 @@
 //
 // Thread-safety: EnterFast/ExitFast only from the owner thread; BeginReclaim
 // and EndReclaim from one reclaimer at a time (the caller's mutex).
-#ifndef IOMMU_BROKER_CORE_IOVA_RECLAIM_GATE_H_
-#define IOMMU_BROKER_CORE_IOVA_RECLAIM_GATE_H_
+#ifndef IOMMU_BROKER_CORE_UTIL_RECLAIM_GATE_H_
+#define IOMMU_BROKER_CORE_UTIL_RECLAIM_GATE_H_
 
 #include <atomic>
 #include <cstdint>
+#include <thread>
 
 #include "core/util/heavy_barrier.h"
 
@@ -51,7 +52,18 @@ class ReclaimGate final {
 
   // Reclaimer: returns once the owner is outside its fast path and will stay
   // out of it until EndReclaim().
-  void BeginReclaim();
+  void BeginReclaim() {
+#if defined(__SANITIZE_THREAD__)
+    reclaiming_.store(1, std::memory_order_seq_cst);
+    while (busy_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+#else
+    reclaiming_.store(1, std::memory_order_relaxed);
+    IssueHeavyBarrier(barrier_);
+    // The owner's fast path is bounded, so this waits at most until the
+    // owner thread is scheduled again and finishes it.
+    while (busy_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+#endif
+  }
   void EndReclaim() { reclaiming_.store(0, std::memory_order_release); }
 
  private:
@@ -62,4 +74,4 @@ class ReclaimGate final {
 
 }  // namespace iommu_broker
 
-#endif  // IOMMU_BROKER_CORE_IOVA_RECLAIM_GATE_H_
+#endif  // IOMMU_BROKER_CORE_UTIL_RECLAIM_GATE_H_
