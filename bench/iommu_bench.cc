@@ -42,10 +42,6 @@
 //   leaves_per_map            leaf PTEs one map wrote;
 //   iova_cache_hit_fraction   IOVA allocations served by the calling thread's
 //                             cache (the rest came from the depot or arena);
-//   shared_stripe8            two threads: 1 if both landed on one stripe of
-//                             the engine's 8-way flush queue, which then
-//                             share its lock. The stripe is the kernel thread
-//                             id modulo 8, so it changes from run to run.
 // The 4KOnly workloads call Iommu::Maintain, inside the timed loop, after
 // every unmap (each unlinks the table pages under the buffer), so freeing
 // those pages is charged to the iteration that unlinked them rather than to
@@ -85,7 +81,6 @@
 #include "core/iommu/iommu.h"
 #include "core/iommu/types.h"
 #include "core/iova/iova_allocator.h"
-#include "core/util/striped_counter.h"
 
 namespace iommu_broker {
 namespace {
@@ -122,7 +117,7 @@ class Fixture final {
   static Fixture& Get() { return *instance_; }
 
   Fixture(const Scenario& scenario, int threads)
-      : scenario_(scenario), stripes_(static_cast<size_t>(std::max(threads, 1))) {
+      : scenario_(scenario) {
     status_ = Build(std::max(threads, 1));
     if (!status_.ok()) std::fprintf(stderr, "fixture: %s\n", status_.ToString().c_str());
   }
@@ -131,20 +126,6 @@ class Fixture final {
   const Scenario& scenario() const { return scenario_; }
   Iommu& iommu() { return *iommu_; }
   Device& device(int index) { return *devices_[static_cast<size_t>(index)]; }
-
-  // Which flush-queue stripe (of 8) the calling thread uses, recorded by each
-  // thread before its loop; thread 0 reads them all after its loop. Two
-  // threads on one stripe share its lock.
-  void RecordStripe(int thread) { stripes_[static_cast<size_t>(thread)] = ThisThreadStripe(8); }
-  // Whether any two threads share a stripe of `stripes`.
-  bool StripesShared(size_t stripes) const {
-    for (size_t i = 0; i < stripes_.size(); ++i) {
-      for (size_t j = i + 1; j < stripes_.size(); ++j) {
-        if (stripes_[i] % stripes == stripes_[j] % stripes) return true;
-      }
-    }
-    return false;
-  }
 
  private:
   absl::Status Build(int devices) {
@@ -184,7 +165,6 @@ class Fixture final {
   absl::Status status_;
   std::unique_ptr<Iommu> iommu_;
   std::vector<std::shared_ptr<Device>> devices_;
-  std::vector<size_t> stripes_;  // by thread index
 };
 
 // Reports a failed status; the caller then breaks out of its loop.
@@ -233,9 +213,6 @@ void ReportDomain(benchmark::State& state, Fixture& fixture) {
     return;
   }
   const InvalidationQueueStats unit = fixture.iommu().UnitStats(0);
-  if (state.threads() > 1) {
-    state.counters["shared_stripe8"] = fixture.StripesShared(8) ? 1 : 0;
-  }
   if (stats->unmaps > 0) {
     state.counters["batches_per_unmap"] = Ratio(unit.batches, stats->unmaps);
     state.counters["inv_wait_ns_per_unmap"] = Ratio(unit.wait_nanos, stats->unmaps);
@@ -296,7 +273,6 @@ void BM_MapUnmap(benchmark::State& state, bool shared_device) {
   if (fixture.status().ok()) {
     Iommu& iommu = fixture.iommu();
     Device& device = fixture.device(shared_device ? 0 : state.thread_index());
-    fixture.RecordStripe(state.thread_index());
     for (auto _ : state) {
       request.phys = phys_base + (next++ & 255) * kPage4K;
       absl::StatusOr<MapResult> mapped = iommu.Map(device, request);
@@ -384,7 +360,6 @@ void BM_TranslateHit(benchmark::State& state) {
   if (fixture.status().ok()) {
     Iommu& iommu = fixture.iommu();
     Device& device = fixture.device(state.thread_index());
-    fixture.RecordStripe(state.thread_index());
     MapRequest request;
     request.phys = (1 + static_cast<uint64_t>(state.thread_index())) * kGiB;
     request.size = kPage4K;

@@ -2,8 +2,6 @@
 
 #include <utility>
 
-#include "core/util/striped_counter.h"
-
 namespace iommu_broker {
 
 void AppendInvalidations(const PageTable::Removed& removed, Iotlb& iotlb,
@@ -27,22 +25,33 @@ FlushQueue::FlushQueue(FlushQueueOptions options, Iotlb& iotlb,
       release_(std::move(release)) {}
 
 FlushQueue::Unmapping::Unmapping(FlushQueue& queue)
-    : queue_(queue), stripe_(queue.stripes_[ThisThreadStripe(kStripes)]), lock_(stripe_.mutex) {
+    : queue_(queue), stripe_(queue.stripes_.Local()), through_gate_(stripe_.gate.EnterFast()) {
+  if (!through_gate_) stripe_.mutex.lock();  // a reclaim is under way: wait for it
   if (!stripe_.busy) {
     queue_.pending_.Begin();
     stripe_.busy = true;
   }
 }
 
-FlushQueue::Unmapping::~Unmapping() { queue_.SettleStripe(stripe_); }
+FlushQueue::Unmapping::~Unmapping() {
+  queue_.SettleStripe(stripe_);
+  if (through_gate_) {
+    stripe_.gate.ExitFast();
+  } else {
+    stripe_.mutex.unlock();
+  }
+}
 
 void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed) {
   for (const PageTable::Removed& gone : removed) {
-    if (stripe_.entries.empty()) stripe_.oldest = absl::Now();
+    if (stripe_.entries.empty()) {
+      stripe_.oldest_unix_nanos.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
+    }
     PageTable::CopyRemoved(gone, stripe_.entries.emplace_back());
-    ++stripe_.queued;
+    AddOwned(stripe_.waiting, 1);
+    AddOwned(stripe_.queued, 1);
     // Stays busy even if this empties it: the rest of `removed` is unmapped
-    // already. The busy period ends when the lock is released.
+    // already. The busy period ends with the hold.
     if (stripe_.entries.size() >= queue_.options_.capacity) {
       queue_.FlushStripe(stripe_, FlushKind::kQueueFull);
     }
@@ -50,21 +59,28 @@ void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed
 }
 
 void FlushQueue::Flush(FlushKind kind) {
-  for (Stripe& stripe : stripes_) {
-    std::lock_guard<std::mutex> lock(stripe.mutex);
+  stripes_.ForEach([&](Stripe& stripe) {
+    Seized hold(stripe);
     if (!stripe.entries.empty()) FlushStripe(stripe, kind);
     SettleStripe(stripe);
-  }
+  });
 }
 
 void FlushQueue::FlushExpired(absl::Time now) {
-  for (Stripe& stripe : stripes_) {
-    std::lock_guard<std::mutex> lock(stripe.mutex);
-    if (!stripe.entries.empty() && now - stripe.oldest >= options_.timeout) {
-      FlushStripe(stripe, FlushKind::kQueueTimeout);
-      SettleStripe(stripe);
-    }
-  }
+  auto expired = [&](const Stripe& stripe) {
+    return stripe.waiting.load(std::memory_order_relaxed) > 0 &&
+           now - absl::FromUnixNanos(stripe.oldest_unix_nanos.load(std::memory_order_relaxed)) >=
+               options_.timeout;
+  };
+  stripes_.ForEach([&](Stripe& stripe) {
+    // A first look without the hold: taking it costs the owner's thread a
+    // barrier, and the timer runs every millisecond.
+    if (!expired(stripe)) return;
+    Seized hold(stripe);
+    if (!expired(stripe)) return;
+    FlushStripe(stripe, FlushKind::kQueueTimeout);
+    SettleStripe(stripe);
+  });
 }
 
 void FlushQueue::FlushStripe(Stripe& stripe, FlushKind kind) {
@@ -79,7 +95,8 @@ void FlushQueue::FlushStripe(Stripe& stripe, FlushKind kind) {
   if (latencies_ != nullptr) latencies_->Record(Policy::kFast, kind, waited);
   release_(stripe.entries);
   stripe.entries.clear();
-  ++stripe.flushes[static_cast<size_t>(kind)];
+  stripe.waiting.store(0, std::memory_order_relaxed);
+  AddOwned(stripe.flushes[static_cast<size_t>(kind)], 1);
 }
 
 void FlushQueue::SettleStripe(Stripe& stripe) {
@@ -90,16 +107,21 @@ void FlushQueue::SettleStripe(Stripe& stripe) {
 }
 
 FlushQueueStats FlushQueue::Stats() const {
+  auto read = [](const std::atomic<int64_t>& value) {
+    return static_cast<uint64_t>(value.load(std::memory_order_relaxed));
+  };
+  auto flushes = [&](const Stripe& stripe, FlushKind kind) {
+    return read(stripe.flushes[static_cast<size_t>(kind)]);
+  };
   FlushQueueStats stats;
-  for (const Stripe& stripe : stripes_) {
-    std::lock_guard<std::mutex> lock(stripe.mutex);
-    stats.queued += stripe.queued;
-    stats.pending += stripe.entries.size();
-    stats.full_flushes += stripe.flushes[static_cast<size_t>(FlushKind::kQueueFull)];
-    stats.timeout_flushes += stripe.flushes[static_cast<size_t>(FlushKind::kQueueTimeout)];
-    stats.explicit_flushes += stripe.flushes[static_cast<size_t>(FlushKind::kExplicit)] +
-                              stripe.flushes[static_cast<size_t>(FlushKind::kDomainWide)];
-  }
+  stripes_.ForEach([&](const Stripe& stripe) {
+    stats.queued += read(stripe.queued);
+    stats.pending += read(stripe.waiting);
+    stats.full_flushes += flushes(stripe, FlushKind::kQueueFull);
+    stats.timeout_flushes += flushes(stripe, FlushKind::kQueueTimeout);
+    stats.explicit_flushes +=
+        flushes(stripe, FlushKind::kExplicit) + flushes(stripe, FlushKind::kDomainWide);
+  });
   return stats;
 }
 

@@ -15,30 +15,34 @@
 //   fq.FlushExpired(absl::Now());  // from the timer
 //   fq.Flush(FlushKind::kExplicit);  // everything queued before is invalidated and released
 //
-// There is one queue per stripe of threads (as Linux has one per CPU), each
-// holding up to `capacity` entries, so unmapping threads do not share a lock.
-// A stripe is invalidated and released under its own lock, so Flush()
-// returning means every entry queued before it has been invalidated.
+// Every thread that unmaps has a queue of its own (a stripe; Linux has one
+// per CPU), holding up to `capacity` entries. Its owner uses it behind a
+// ReclaimGate, with no lock and no atomic read-modify-write; Flush() and
+// FlushExpired() take it over from any thread (its mutex, then the gate's
+// reclaim, which waits for the owner to leave it), so Flush() returning means
+// every entry queued before it has been invalidated. A thread's queue
+// outlives the thread: the next thread to unmap takes it over, entries and
+// all, and until then the timer or Flush() drains it.
 //
 // Pending invalidations: an unmap holds its stripe (Unmapping) from before
 // it clears a PTE until its ranges are queued. A stripe is busy from the
-// first Unmapping that finds it idle until its lock is released with nothing
+// first Unmapping that finds it idle until a hold on it ends with nothing
 // queued; each busy period is one Begin() and Complete(1) of `pending`, so
 // translations know when an unmapped range may still be cached. An unmap
 // into a busy stripe, the common case under load, touches no shared atomic.
 //
-// Thread-safety: thread-safe. `release` is called with a stripe lock held
-// and must not call back into the queue; nor may a thread holding an
-// Unmapping use the queue until it ends.
+// Thread-safety: thread-safe. `release` is called with a stripe held and
+// must not call back into the queue; nor may a thread holding an Unmapping
+// use the queue until it ends.
 #ifndef IOMMU_BROKER_CORE_IOMMU_FLUSH_QUEUE_H_
 #define IOMMU_BROKER_CORE_IOMMU_FLUSH_QUEUE_H_
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -47,6 +51,9 @@
 #include "core/iommu/iotlb.h"
 #include "core/iommu/page_table.h"
 #include "core/iommu/pending_invalidations.h"
+#include "core/util/heavy_barrier.h"
+#include "core/util/per_thread.h"
+#include "core/util/reclaim_gate.h"
 
 namespace iommu_broker {
 
@@ -91,7 +98,7 @@ class FlushQueue final {
    private:
     FlushQueue& queue_;
     Stripe& stripe_;
-    std::lock_guard<std::mutex> lock_;
+    const bool through_gate_;  // false: holds the stripe's mutex instead
   };
 
   // `latencies` may be null (nothing recorded).
@@ -107,21 +114,44 @@ class FlushQueue final {
   FlushQueueStats Stats() const;
 
  private:
-  static constexpr size_t kStripes = 8;
-
+  // Who may touch `entries` and `busy`: the owner thread between a
+  // successful gate.EnterFast() and ExitFast(), or a thread holding `mutex`
+  // that is either the owner turned away by the gate or a reclaimer that
+  // closed it (Seized). The atomics are written only by such a holder and
+  // are read by anyone (Stats, FlushExpired's first look).
   struct alignas(64) Stripe {
-    mutable std::mutex mutex;
-    std::vector<PageTable::Removed> entries ABSL_GUARDED_BY(mutex);
-    absl::Time oldest ABSL_GUARDED_BY(mutex);  // when the first entry arrived
-    bool busy ABSL_GUARDED_BY(mutex) = false;  // counted in `pending_`
-    uint64_t queued ABSL_GUARDED_BY(mutex) = 0;
-    std::array<uint64_t, kFlushKinds> flushes ABSL_GUARDED_BY(mutex) = {};
+    Stripe() : gate(RegisterHeavyBarrier()) {}
+
+    std::mutex mutex;
+    ReclaimGate gate;
+    std::vector<PageTable::Removed> entries;
+    bool busy = false;  // counted in `pending_`
+    std::atomic<int64_t> oldest_unix_nanos{0};  // when the first queued entry arrived
+    std::atomic<int64_t> waiting{0};            // entries.size()
+    std::atomic<int64_t> queued{0};
+    std::array<std::atomic<int64_t>, kFlushKinds> flushes{};
   };
 
-  void FlushStripe(Stripe& stripe, FlushKind kind) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
-  // Ends the stripe's busy period if nothing is queued; before its lock is
-  // released.
-  void SettleStripe(Stripe& stripe) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stripe.mutex);
+  // A hold on a stripe by a thread other than its owner: the mutex, then the
+  // gate closed until the hold ends.
+  class Seized final {
+   public:
+    explicit Seized(Stripe& stripe) : stripe_(stripe), lock_(stripe.mutex) {
+      stripe_.gate.BeginReclaim();
+    }
+    ~Seized() { stripe_.gate.EndReclaim(); }
+    Seized(const Seized&) = delete;
+    Seized& operator=(const Seized&) = delete;
+
+   private:
+    Stripe& stripe_;
+    std::lock_guard<std::mutex> lock_;
+  };
+
+  // Both with the stripe held.
+  void FlushStripe(Stripe& stripe, FlushKind kind);
+  // Ends the stripe's busy period if nothing is queued; before the hold ends.
+  void SettleStripe(Stripe& stripe);
 
   const FlushQueueOptions options_;
   Iotlb& iotlb_;
@@ -129,7 +159,7 @@ class FlushQueue final {
   PendingInvalidations& pending_;
   FlushLatencies* const latencies_;
   Release release_;
-  std::array<Stripe, kStripes> stripes_;
+  PerThread<Stripe> stripes_;
 };
 
 }  // namespace iommu_broker

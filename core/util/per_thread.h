@@ -99,6 +99,15 @@ class PerThread final {
       visit(entry->slot);
     }
   }
+  // The same with mutable slots, for owners whose Slot synchronizes the
+  // visit with its thread in its own way (a lock, a gate).
+  template <typename Visit>
+  void ForEach(Visit visit) {
+    for (Entry* entry = registry_->head.load(std::memory_order_acquire); entry != nullptr;
+         entry = entry->next) {
+      visit(entry->slot);
+    }
+  }
 
  private:
   struct Entry {

@@ -38,6 +38,14 @@ TEST(PerThreadTest, OneSlotPerThread) {
   EXPECT_EQ(Slots(counts), 2);
 }
 
+TEST(PerThreadTest, ForEachCanChangeEverySlot) {
+  PerThread<Count> counts;
+  counts.Local().value.store(1);
+  std::thread([&] { counts.Local().value.store(2); }).join();
+  counts.ForEach([](Count& slot) { slot.value.store(slot.value.load() * 10); });
+  EXPECT_EQ(Sum(counts), 30);
+}
+
 TEST(PerThreadTest, CountsOutliveTheirThreadAndSlotsAreReused) {
   PerThread<Count> counts;
   for (int round = 0; round < 10; ++round) {
