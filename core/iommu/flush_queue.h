@@ -132,8 +132,8 @@ class FlushQueue final {
     std::array<std::atomic<int64_t>, kFlushKinds> flushes{};
   };
 
-  // A hold on a stripe by a thread other than its owner: the mutex, then the
-  // gate closed until the hold ends.
+  // A hold on a stripe from outside an Unmapping of it (any thread, its owner
+  // included): the mutex, then the gate closed until the hold ends.
   class Seized final {
    public:
     explicit Seized(Stripe& stripe) : stripe_(stripe), lock_(stripe.mutex) {
