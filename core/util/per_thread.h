@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/base/optimization.h"
@@ -94,19 +95,13 @@ class PerThread final {
   // ones, whose contents stay). Lock-free: a walk of a list that only grows.
   template <typename Visit>
   void ForEach(Visit visit) const {
-    for (const Entry* entry = registry_->head.load(std::memory_order_acquire); entry != nullptr;
-         entry = entry->next) {
-      visit(entry->slot);
-    }
+    ForEachEntry([&](Entry& entry) { visit(std::as_const(entry.slot)); });
   }
   // The same with mutable slots, for owners whose Slot synchronizes the
   // visit with its thread in its own way (a lock, a gate).
   template <typename Visit>
   void ForEach(Visit visit) {
-    for (Entry* entry = registry_->head.load(std::memory_order_acquire); entry != nullptr;
-         entry = entry->next) {
-      visit(entry->slot);
-    }
+    ForEachEntry([&](Entry& entry) { visit(entry.slot); });
   }
 
  private:
@@ -134,6 +129,14 @@ class PerThread final {
     const Registry* registry;
     Entry* entry;
   };
+
+  template <typename Visit>
+  void ForEachEntry(Visit visit) const {
+    for (Entry* entry = registry_->head.load(std::memory_order_acquire); entry != nullptr;
+         entry = entry->next) {
+      visit(*entry);
+    }
+  }
 
   // Takes over a slot an exited thread left, or adds one.
   Entry* Acquire() {
