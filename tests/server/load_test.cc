@@ -272,22 +272,25 @@ class ChurnClient final {
     return before.iova + before.size > range.iova;
   }
 
+  // Unmapped ranges that no live mapping and no later unmap overlaps. An
+  // IOVA range may be unmapped, reused and unmapped again over time; a fast
+  // domain's IOTLB may still serve only the latest of those (an IOVA is
+  // reused only after the flush covering its earlier unmap), so an earlier
+  // record of the range is never a choice.
   std::vector<Mapping> UnmappedNotLive() {
+    auto overlap = [](const Mapping& a, const Mapping& b) {
+      return a.iova < b.iova + b.size && b.iova < a.iova + a.size;
+    };
     std::vector<Mapping> ranges;
-    for (const Mapping& gone : unmapped_) {
-      if (!OverlapsLive(gone)) ranges.push_back(gone);
+    std::vector<Mapping> later;
+    for (auto gone = unmapped_.rbegin(); gone != unmapped_.rend(); ++gone) {
+      const bool superseded = std::any_of(
+          later.begin(), later.end(), [&](const Mapping& newer) { return overlap(*gone, newer); });
+      if (!superseded && !OverlapsLive(*gone)) ranges.push_back(*gone);
+      later.push_back(*gone);
     }
     std::shuffle(ranges.begin(), ranges.end(), random_);
-    // Two entries may be the same range unmapped twice over time: keep one.
-    std::vector<Mapping> distinct;
-    for (const Mapping& range : ranges) {
-      bool seen = false;
-      for (const Mapping& kept : distinct) {
-        seen = seen || (range.iova < kept.iova + kept.size && kept.iova < range.iova + range.size);
-      }
-      if (!seen) distinct.push_back(range);
-    }
-    return distinct;
+    return ranges;
   }
 
   std::vector<Mapping> Shuffled(const std::map<uint64_t, Mapping>& mappings) {
