@@ -8,10 +8,12 @@
 // domain): allocate an IOVA, install one leaf in a PageTable, remove it,
 // queue the removed range in a vector, and free the queued IOVAs once it
 // holds a flush queue's default 256 entries (no IOTLB invalidation, no
-// validation, no results or counters), all inside epoch guards. BM_MapUnmap_Fast_Cost0 over it is the cost of
-// everything else on the path. BM_MapUnmapPartsOnly_NoPageTable leaves out
-// the page table: the IOVA allocator and the queue alone, what the issue's
-// figure for Linux's allocator plus flush queue (~31 ns a pair) covers.
+// validation, no results or counters), all inside epoch guards; it installs
+// as a domain does an allocated IOVA (PageTable::Mapping::exclusive).
+// BM_MapUnmap_Fast_Cost0 over it is the cost of everything else on the path.
+// BM_MapUnmapPartsOnly_NoPageTable leaves out the page table: the IOVA
+// allocator and the queue alone, what the figure for Linux's
+// allocator plus flush queue (~31 ns a pair) covers.
 //
 // Workloads (each Iommu has 16 GiB of physical memory, one domain "bench"
 // and one device per thread attached to it; no maintenance thread, so runs
@@ -128,8 +130,7 @@ class Fixture final {
   static void Destroy(const benchmark::State&) { instance_.reset(); }
   static Fixture& Get() { return *instance_; }
 
-  Fixture(const Scenario& scenario, int threads)
-      : scenario_(scenario) {
+  Fixture(const Scenario& scenario, int threads) : scenario_(scenario) {
     status_ = Build(std::max(threads, 1));
     if (!status_.ok()) std::fprintf(stderr, "fixture: %s\n", status_.ToString().c_str());
   }
@@ -278,7 +279,7 @@ void BM_MapUnmapPartsOnly(benchmark::State& state, bool with_page_table) {
   const size_t capacity = FlushQueueOptions{}.capacity;  // a domain's default queue
   std::vector<PageTable::Removed> queued;
   queued.reserve(capacity);
-  PageTable::Mapping mapping{.size = kPage4K, .perms = kReadWrite};
+  PageTable::Mapping mapping{.size = kPage4K, .perms = kReadWrite, .exclusive = true};
   uint64_t next = 0;
   for (auto _ : state) {
     mapping.phys = kGiB + (next++ & 255) * kPage4K;

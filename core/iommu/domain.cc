@@ -266,6 +266,9 @@ PageTable::Mapping Domain::MappingFor(const Device& device, const MapRequest& re
   mapping.owner = device.requester();
   mapping.page_sizes = config_.page_sizes;
   mapping.tables_may_be_shared = origin == IovaOrigin::kClaimed;
+  // Allocated and reserved IOVAs come from the allocator, which hands each
+  // to one caller; claims race for theirs on the page table itself.
+  mapping.exclusive = origin != IovaOrigin::kClaimed;
   return mapping;
 }
 

@@ -304,17 +304,28 @@ std::optional<PageTable::LeafCounts> PageTable::Install(const Mapping& mapping) 
       page = EnsureTable(page->entries[Index(mapping.iova, at)]);
     }
     if (page == nullptr) return std::nullopt;  // a leaf or claim above: taken
-    uint64_t expected = 0;
-    if (page->entries[Index(mapping.iova, level)].compare_exchange_strong(
-            expected, LeafEntry(mapping, mapping.iova, level), std::memory_order_seq_cst)) {
+    uint64_t found = 0;
+    if (PublishLeaf(page->entries[Index(mapping.iova, level)],
+                    LeafEntry(mapping, mapping.iova, level), mapping.exclusive, found)) {
       LeafCounts counts;
       CountLeaf(Span(level), counts);
       return counts;
     }
-    if (!(expected & kTable)) return std::nullopt;
+    if (!(found & kTable)) return std::nullopt;
     break;
   }
   return Installer(*this, mapping).Run();
+}
+
+bool PageTable::PublishLeaf(std::atomic<uint64_t>& slot, uint64_t leaf, bool exclusive,
+                            uint64_t& found) {
+  if (!exclusive) return slot.compare_exchange_strong(found, leaf, std::memory_order_seq_cst);
+  // Nobody else writes the slot (Mapping::exclusive): the load only catches
+  // a slot that is not empty.
+  found = slot.load(std::memory_order_relaxed);
+  if (found != 0) return false;
+  slot.store(leaf, std::memory_order_release);
+  return true;
 }
 
 PageTable::TablePage* PageTable::EnsureTable(std::atomic<uint64_t>& slot) {

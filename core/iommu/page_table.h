@@ -21,7 +21,9 @@
 //  - Install claims every leaf slot with a compare-and-swap (a non-translating
 //    "claimed" entry) before publishing any of them, so it fails with no
 //    effect if any part of the range is taken; it publishes the first leaf
-//    last, so a mapping is visible to Remove only once complete.
+//    last, so a mapping is visible to Remove only once complete. A one-leaf
+//    mapping is published directly: with a compare-and-swap, or with a plain
+//    store where the caller owns the range exclusively (Mapping::exclusive).
 //  - Remove claims the mapping's first leaf with a compare-and-swap, so one
 //    remover wins; it then owns the whole mapping and clears it, unlinking
 //    every table whose span lies inside the mapping.
@@ -71,6 +73,11 @@ class PageTable final {
     // smaller mappings) is replaced by the leaf; true: descend into it
     // (claim regions, where the table may hold other claims).
     bool tables_may_be_shared = false;
+    // true: the caller alone owns [iova, iova + size), as an IOVA from the
+    // IOVA allocator is owned, so no other Install or table replacement can
+    // target its slots. A one-leaf mapping is then published with a plain
+    // store instead of a compare-and-swap (docs/PERFORMANCE.md).
+    bool exclusive = false;
   };
 
   struct Leaf {
@@ -159,6 +166,12 @@ class PageTable final {
 
  private:
   class Installer;
+
+  // Publishes the leaf of a one-leaf mapping in `slot` if the slot is
+  // empty; otherwise leaves it and sets `found` to what it holds. `found`
+  // must be 0 on entry. `exclusive` as in Mapping.
+  static bool PublishLeaf(std::atomic<uint64_t>& slot, uint64_t leaf, bool exclusive,
+                          uint64_t& found);
 
   // The table below `slot`, created if the slot is empty; nullptr if the
   // slot holds a leaf or a claim.

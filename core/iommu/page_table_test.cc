@@ -57,6 +57,12 @@ Mapping MakeMapping(uint64_t iova, uint64_t size, PageSizeSet page_sizes = kPage
   return mapping;
 }
 
+// What a domain installs for an IOVA the allocator gave it.
+Mapping Exclusive(Mapping mapping) {
+  mapping.exclusive = true;
+  return mapping;
+}
+
 Mapping MakeClaim(uint64_t iova, uint64_t size, PageSizeSet page_sizes = kPage4K) {
   Mapping mapping = MakeMapping(iova, size, page_sizes);
   mapping.phys = iova;  // identity
@@ -189,6 +195,39 @@ TEST_F(PageTableTest, SinglePageIsBothFirstAndLast) {
   ASSERT_TRUE(leaf.has_value());
   EXPECT_TRUE(leaf->first);
   EXPECT_TRUE(leaf->last);
+}
+
+TEST_F(PageTableTest, ExclusiveOneLeafInstallsPublishTheirLeaf) {
+  // Also where a leftover empty table sits: that one goes to the installer.
+  const uint64_t leftover = kBase + 4 * k2M;
+  ASSERT_TRUE(Install(MakeMapping(leftover + 0x9000, k4K)).has_value());
+  ASSERT_TRUE(RemoveExactly(leftover + 0x9000, leftover + 0xa000).has_value());
+  struct Case {
+    const char* name;
+    Mapping mapping;
+    PageTable::LeafCounts counts;
+  };
+  const Case cases[] = {
+      {"4K", MakeMapping(kBase, k4K), Counts(1, 0, 0)},
+      {"2M", MakeMapping(kBase + k2M, k2M, kAllSizes), Counts(0, 1, 0)},
+      {"1G", MakeMapping(kBase + k1G, k1G, kAllSizes), Counts(0, 0, 1)},
+      {"2M over a leftover table", MakeMapping(leftover, k2M, kAllSizes), Counts(0, 1, 0)},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::optional<PageTable::LeafCounts> counts = Install(Exclusive(c.mapping));
+    ASSERT_TRUE(counts.has_value());
+    EXPECT_EQ(Describe(*counts), Describe(c.counts));
+    for (uint64_t iova : {c.mapping.iova, c.mapping.iova + c.mapping.size - 1}) {
+      std::optional<Leaf> leaf = Lookup(iova);
+      ASSERT_TRUE(leaf.has_value());
+      EXPECT_EQ(leaf->iova, c.mapping.iova);
+      EXPECT_EQ(leaf->size, c.mapping.size);
+      EXPECT_EQ(leaf->phys, c.mapping.phys);
+      EXPECT_TRUE(leaf->first && leaf->last);
+    }
+  }
+  EXPECT_EQ(Leaves().size(), std::size(cases));
 }
 
 TEST_F(PageTableTest, RoundTripsPermsOwnerOriginAndPhys) {
@@ -406,6 +445,12 @@ TEST_F(PageTableTest, InstallOverlappingAMappingChangesNothing) {
       {"same as L in 4K", MakeMapping(l, k2M, kPage4K)},
       {"L's last page", MakeMapping(l + k2M - k4K, k4K)},
       {"M to L", MakeMapping(m_end, l + k4K - m_end, kPage4K | kPage2M)},
+      // One-leaf installs that publish with a plain store (Mapping::exclusive)
+      // still see a taken slot.
+      {"exclusive page inside M", Exclusive(MakeMapping(m + 2 * k4K, k4K))},
+      {"exclusive 2M leaf over M's table", Exclusive(MakeMapping(span, k2M, kPage4K | kPage2M))},
+      {"exclusive same as L", Exclusive(MakeMapping(l, k2M, kPage4K | kPage2M))},
+      {"exclusive page inside L", Exclusive(MakeMapping(l + 5 * k4K, k4K))},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
