@@ -1,8 +1,15 @@
 #include "core/iommu/flush_queue.h"
 
 #include <utility>
+#include <vector>
+
+#include "absl/numeric/bits.h"
 
 namespace iommu_broker {
+
+size_t InvalidationsFor(const PageTable::Removed& removed) {
+  return static_cast<size_t>(absl::popcount(removed.leaf_sizes & (kPage4K | kPage2M | kPage1G)));
+}
 
 void AppendInvalidations(const PageTable::Removed& removed, Iotlb& iotlb,
                          std::vector<InvalidationDescriptor>& descriptors) {
@@ -84,19 +91,31 @@ void FlushQueue::FlushExpired(absl::Time now) {
 }
 
 void FlushQueue::FlushStripe(Stripe& stripe, FlushKind kind) {
-  // The invalidation queue turns a long batch into one whole-domain
-  // invalidation.
-  std::vector<InvalidationDescriptor> descriptors;
-  descriptors.reserve(stripe.entries.size());
-  for (const PageTable::Removed& removed : stripe.entries) {
-    AppendInvalidations(removed, iotlb_, descriptors);
-  }
-  const uint64_t waited = invalidation_queue_.Invalidate(descriptors);
+  const uint64_t waited = invalidation_queue_.Invalidate(DescriptorsFor(stripe.entries));
   if (latencies_ != nullptr) latencies_->Record(Policy::kFast, kind, waited);
   release_(stripe.entries);
   stripe.entries.clear();
   stripe.waiting.store(0, std::memory_order_relaxed);
   AddOwned(stripe.flushes[static_cast<size_t>(kind)], 1);
+}
+
+std::vector<InvalidationDescriptor> FlushQueue::DescriptorsFor(
+    const std::vector<PageTable::Removed>& entries) {
+  size_t ranges = 0;
+  for (const PageTable::Removed& removed : entries) ranges += InvalidationsFor(removed);
+  // A full queue's batch is too long for the invalidation queue to walk: it
+  // would drop the whole IOTLB instead, as Linux's flush queue always does.
+  // Ask for that directly rather than build the range descriptors
+  // (docs/PERFORMANCE.md).
+  if (ranges > invalidation_queue_.max_batch_descriptors()) {
+    return {InvalidationDescriptor::DomainForRanges(&iotlb_, ranges)};
+  }
+  std::vector<InvalidationDescriptor> descriptors;
+  descriptors.reserve(ranges);
+  for (const PageTable::Removed& removed : entries) {
+    AppendInvalidations(removed, iotlb_, descriptors);
+  }
+  return descriptors;
 }
 
 void FlushQueue::SettleStripe(Stripe& stripe) {

@@ -4,6 +4,9 @@
 // A batch runs when a queue fills, when its oldest entry has waited
 // `timeout` (FlushExpired, driven by a timer), or on Flush(). Each batch's
 // wait is recorded in `latencies` (fast policy, by what triggered it).
+// A batch invalidates its ranges one by one, or, when they are more than the
+// invalidation queue would walk (a full queue's are, by default), the whole
+// IOTLB at once, as Linux's flush queue always does.
 //
 //   FlushQueue fq(options, iotlb, invalidation_queue, pending, &latencies,
 //                 [&](absl::Span<const PageTable::Removed> done) { ...free IOVAs... });
@@ -57,9 +60,11 @@
 
 namespace iommu_broker {
 
-// Appends the invalidations that cover a removed mapping: one range
-// descriptor per leaf size it used, since hardware matches invalidations
-// against the leaf size that was mapped.
+// The invalidations that cover a removed mapping: one range descriptor per
+// leaf size it used, since hardware matches invalidations against the leaf
+// size that was mapped. InvalidationsFor counts them; AppendInvalidations
+// appends them.
+size_t InvalidationsFor(const PageTable::Removed& removed);
 void AppendInvalidations(const PageTable::Removed& removed, Iotlb& iotlb,
                          std::vector<InvalidationDescriptor>& descriptors);
 
@@ -125,7 +130,7 @@ class FlushQueue final {
     std::mutex mutex;
     ReclaimGate gate;
     std::vector<PageTable::Removed> entries;
-    bool busy = false;  // counted in `pending_`
+    bool busy = false;                          // counted in `pending_`
     std::atomic<int64_t> oldest_unix_nanos{0};  // when the first queued entry arrived
     std::atomic<int64_t> waiting{0};            // entries.size()
     std::atomic<int64_t> queued{0};
@@ -150,6 +155,10 @@ class FlushQueue final {
 
   // Both with the stripe held.
   void FlushStripe(Stripe& stripe, FlushKind kind);
+  // The invalidation that covers `entries`: their range descriptors, or one
+  // whole-domain descriptor where the invalidation queue would promote them.
+  std::vector<InvalidationDescriptor> DescriptorsFor(
+      const std::vector<PageTable::Removed>& entries);
   // Ends the stripe's busy period if nothing is queued; before the hold ends.
   void SettleStripe(Stripe& stripe);
 

@@ -19,6 +19,9 @@ using ::testing::IsEmpty;
 using ::testing::UnorderedElementsAreArray;
 
 constexpr size_t kCapacity = 4;
+// Below kCapacity, so that a full queue's batch is one the invalidation
+// queue would promote.
+constexpr size_t kMaxBatchDescriptors = 2;
 constexpr absl::Duration kTimeout = absl::Milliseconds(10);
 
 PageTable::Removed RemovedPage(uint64_t iova) {
@@ -33,10 +36,9 @@ class FlushQueueTest : public testing::Test {
  protected:
   FlushQueueTest()
       : iotlb_(*Iotlb::Create({.sets = 64, .ways = 8}, kPage4K)),
-        invalidation_queue_(InvalidationQueueOptions{}),
-        queue_({.capacity = kCapacity, .timeout = kTimeout}, *iotlb_, invalidation_queue_,
-               pending_, /*latencies=*/nullptr,
-               [this](absl::Span<const PageTable::Removed> done) {
+        invalidation_queue_({.cost = {}, .max_batch_descriptors = kMaxBatchDescriptors}),
+        queue_({.capacity = kCapacity, .timeout = kTimeout}, *iotlb_, invalidation_queue_, pending_,
+               /*latencies=*/nullptr, [this](absl::Span<const PageTable::Removed> done) {
                  std::lock_guard<std::mutex> lock(released_mutex_);
                  for (const PageTable::Removed& removed : done) released_.push_back(removed.iova);
                }) {}
@@ -54,9 +56,16 @@ class FlushQueueTest : public testing::Test {
     return released_;
   }
 
-  bool NothingPending() const {
-    return pending_.QuietSince() != PendingInvalidations::kPending;
+  void Cache(uint64_t iova) {
+    iotlb_->Insert(iotlb_->FillToken(), /*requester=*/1,
+                   IotlbEntry{.iova = iova,
+                              .phys = iova,
+                              .page_size = kPage4K,
+                              .perms = {.read = true, .write = true}});
   }
+  bool Cached(uint64_t iova) const { return iotlb_->Lookup(/*requester=*/1, iova).has_value(); }
+
+  bool NothingPending() const { return pending_.QuietSince() != PendingInvalidations::kPending; }
 
   std::unique_ptr<Iotlb> iotlb_;
   InvalidationQueue invalidation_queue_;
@@ -87,6 +96,29 @@ TEST_F(FlushQueueTest, FlushReleasesEverythingAndEndsThePendingCount) {
   EXPECT_EQ(queue_.Stats().pending, 0u);
   EXPECT_EQ(queue_.Stats().explicit_flushes, 1u);
   EXPECT_TRUE(NothingPending());
+}
+
+TEST_F(FlushQueueTest, ShortBatchInvalidatesItsRangesAndLongOneTheWholeDomain) {
+  for (uint64_t iova : {0x1000, 0x2000, 0x3000, 0x9000}) Cache(iova);
+  Unmap({0x1000, 0x2000});
+  queue_.Flush(FlushKind::kExplicit);  // two ranges: within the queue's limit
+  EXPECT_FALSE(Cached(0x1000));
+  EXPECT_FALSE(Cached(0x2000));
+  EXPECT_TRUE(Cached(0x3000));
+  EXPECT_TRUE(Cached(0x9000));  // still mapped
+  InvalidationQueueStats stats = invalidation_queue_.Stats();
+  EXPECT_EQ(stats.descriptors, 2u);
+  EXPECT_EQ(stats.promoted_batches, 0u);
+
+  Unmap({0x1000, 0x2000, 0x3000});
+  queue_.Flush(FlushKind::kExplicit);  // three: above it
+  EXPECT_FALSE(Cached(0x3000));
+  EXPECT_FALSE(Cached(0x9000));  // a whole-domain invalidation drops it too
+  stats = invalidation_queue_.Stats();
+  EXPECT_EQ(stats.descriptors, 3u);
+  EXPECT_EQ(stats.promoted_batches, 1u);
+  EXPECT_EQ(invalidation_queue_.BatchSizes().sum, 5u);  // 2 + 3 ranges, as posted
+  EXPECT_THAT(Released(), ElementsAre(0x1000, 0x2000, 0x1000, 0x2000, 0x3000));
 }
 
 TEST_F(FlushQueueTest, FlushExpiredReleasesOnlyQueuesOlderThanTheTimeout) {

@@ -178,14 +178,18 @@ InvalidationQueue::BatchResult InvalidationQueue::Execute(const Batch& batch, ui
   std::chrono::steady_clock::time_point started;
   if (timed) started = std::chrono::steady_clock::now();
 
-  size_t posted = 0;
-  for (absl::Span<const InvalidationDescriptor> part : batch) posted += part.size();
+  uint64_t posted = 0;
+  uint64_t count = 0;
+  for (absl::Span<const InvalidationDescriptor> part : batch) {
+    count += part.size();
+    for (const InvalidationDescriptor& descriptor : part) posted += descriptor.posted_as;
+  }
   batch_sizes_.Record(posted);
   BatchResult result;
   if (posted > max_batch_descriptors_) {
     // Too many to walk: drop each IOTLB the batch touches instead.
     std::vector<Iotlb*> iotlbs;
-    iotlbs.reserve(posted);
+    iotlbs.reserve(count);
     for (absl::Span<const InvalidationDescriptor> part : batch) {
       for (const InvalidationDescriptor& descriptor : part) {
         // A flush-queue batch names one IOTLB over and over: skip repeats
@@ -204,7 +208,7 @@ InvalidationQueue::BatchResult InvalidationQueue::Execute(const Batch& batch, ui
     for (absl::Span<const InvalidationDescriptor> part : batch) {
       for (const InvalidationDescriptor& descriptor : part) Apply(descriptor);
     }
-    result.descriptors = posted;
+    result.descriptors = count;
   }
   // Announced only when there is an emulated wait to overlap: the store
   // takes the line its spinners read, and otherwise the completion, right

@@ -72,6 +72,13 @@ struct InvalidationDescriptor {
     return {Kind::kRequester, iotlb, 0, 0, 0, requester};
   }
   static InvalidationDescriptor Domain(Iotlb* iotlb) { return {Kind::kDomain, iotlb, 0, 0, 0, 0}; }
+  // A whole-domain invalidation posted in place of `ranges` range
+  // descriptors, too many for the queue to execute one by one (more than
+  // max_batch_descriptors): the caller skips building them, and the batch
+  // records them as posted and itself as promoted, as if it had.
+  static InvalidationDescriptor DomainForRanges(Iotlb* iotlb, uint64_t ranges) {
+    return {Kind::kDomain, iotlb, 0, 0, 0, 0, ranges};
+  }
 
   Kind kind = Kind::kDomain;
   Iotlb* iotlb = nullptr;  // the domain's IOTLB
@@ -79,6 +86,7 @@ struct InvalidationDescriptor {
   uint64_t size = 0;       // kRange
   uint64_t granule = 0;    // kRange: the leaf size that was mapped
   uint32_t requester = 0;  // kRequester
+  uint64_t posted_as = 1;  // descriptors this one stands for (DomainForRanges)
 };
 
 struct InvalidationQueueOptions {
@@ -122,6 +130,7 @@ class InvalidationQueue final {
   void SetCost(InvalidationCost cost);
   InvalidationCost cost() const;
   InvalidationQueueStats Stats() const;
+  size_t max_batch_descriptors() const { return max_batch_descriptors_; }
   // Descriptors per batch as posted (before promotion): 1, 2, 4, ... 1024.
   Log2Histogram::Snapshot BatchSizes() const { return batch_sizes_.Read(); }
 

@@ -195,6 +195,33 @@ TEST(InvalidationQueueTest, OversizedBatchIsPromotedToOneDomainInvalidationPerIo
   EXPECT_EQ(stats.batches, 1u);
 }
 
+TEST(InvalidationQueueTest, DomainForRangesCountsAsTheRangesItStandsFor) {
+  std::unique_ptr<Iotlb> iotlb = MakeIotlb();
+  ASSERT_NE(iotlb, nullptr);
+  InvalidationQueue queue({.cost = {}, .max_batch_descriptors = 4});
+
+  Fill(*iotlb, kDev1, 0x1000);
+  Fill(*iotlb, kDev2, 0x100000);
+  queue.Invalidate({InvalidationDescriptor::DomainForRanges(iotlb.get(), 5)});  // 5 > 4
+  EXPECT_FALSE(Cached(*iotlb, kDev1, 0x1000));
+  EXPECT_FALSE(Cached(*iotlb, kDev2, 0x100000));
+  InvalidationQueueStats stats = queue.Stats();
+  EXPECT_EQ(stats.promoted_batches, 1u);
+  EXPECT_EQ(stats.descriptors, 1u);
+  Log2Histogram::Snapshot sizes = queue.BatchSizes();
+  EXPECT_EQ(sizes.count, 1u);
+  EXPECT_EQ(sizes.sum, 5u);  // as posted
+
+  Fill(*iotlb, kDev1, 0x1000);
+  queue.Invalidate({InvalidationDescriptor::DomainForRanges(iotlb.get(), 4)});  // at the limit
+  EXPECT_FALSE(Cached(*iotlb, kDev1, 0x1000));
+  stats = queue.Stats();
+  EXPECT_EQ(stats.promoted_batches, 1u);  // not again
+  EXPECT_EQ(stats.descriptors, 2u);
+  sizes = queue.BatchSizes();
+  EXPECT_EQ(sizes.sum, 9u);
+}
+
 TEST(InvalidationQueueTest, StatsCountCallsBatchesAndDescriptors) {
   std::unique_ptr<Iotlb> iotlb = MakeIotlb();
   ASSERT_NE(iotlb, nullptr);
