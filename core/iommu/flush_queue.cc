@@ -3,12 +3,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/numeric/bits.h"
-
 namespace iommu_broker {
 
 size_t InvalidationsFor(const PageTable::Removed& removed) {
-  return static_cast<size_t>(absl::popcount(removed.leaf_sizes & (kPage4K | kPage2M | kPage1G)));
+  size_t count = 0;
+  for (uint64_t granule : {kPage4K, kPage2M, kPage1G}) count += (removed.leaf_sizes & granule) != 0;
+  return count;
 }
 
 void AppendInvalidations(const PageTable::Removed& removed, Iotlb& iotlb,
