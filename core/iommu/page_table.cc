@@ -299,11 +299,21 @@ std::optional<PageTable::LeafCounts> PageTable::Install(const Mapping& mapping) 
   const uint64_t end = mapping.iova + mapping.size;
   for (int level = 0; level < kRootLevel && Span(level) <= mapping.size; ++level) {
     if (Span(level) != mapping.size || !LeafFits(mapping, mapping.iova, level, end)) continue;
-    TablePage* page = root_.get();
-    for (int at = kRootLevel; at > level && page != nullptr; --at) {
-      page = EnsureTable(page->entries[Index(mapping.iova, at)]);
+    TablePage* page = level == 0 && mapping.exclusive ? HintedLeafTable(mapping.iova) : nullptr;
+    if (page == nullptr) {
+      const uint64_t unlinks = unlinks_.load(std::memory_order_acquire);  // before the walk
+      page = root_.get();
+      for (int at = kRootLevel; at > level && page != nullptr; --at) {
+        page = EnsureTable(page->entries[Index(mapping.iova, at)]);
+      }
+      if (page == nullptr) return std::nullopt;  // a leaf or claim above: taken
+      if (level == 0) {
+        LeafTableHint& hint = hints_.Local();
+        hint.span.store(mapping.iova >> Shift(1), std::memory_order_relaxed);
+        hint.table.store(page, std::memory_order_relaxed);
+        hint.unlinks.store(unlinks, std::memory_order_relaxed);
+      }
     }
-    if (page == nullptr) return std::nullopt;  // a leaf or claim above: taken
     uint64_t found = 0;
     if (PublishLeaf(page->entries[Index(mapping.iova, level)],
                     LeafEntry(mapping, mapping.iova, level), mapping.exclusive, found)) {
@@ -328,6 +338,15 @@ bool PageTable::PublishLeaf(std::atomic<uint64_t>& slot, uint64_t leaf, bool exc
   return true;
 }
 
+PageTable::TablePage* PageTable::HintedLeafTable(uint64_t iova) {
+  const LeafTableHint& hint = hints_.Local();
+  if (hint.span.load(std::memory_order_relaxed) != iova >> Shift(1) ||
+      hint.unlinks.load(std::memory_order_relaxed) != unlinks_.load(std::memory_order_acquire)) {
+    return nullptr;
+  }
+  return hint.table.load(std::memory_order_relaxed);
+}
+
 PageTable::TablePage* PageTable::EnsureTable(std::atomic<uint64_t>& slot) {
   uint64_t entry = slot.load(std::memory_order_seq_cst);
   if (entry & kTable) return TableOf(entry);
@@ -342,6 +361,9 @@ PageTable::TablePage* PageTable::EnsureTable(std::atomic<uint64_t>& slot) {
 }
 
 bool PageTable::Unlink(TablePage* page, int level) {
+  // After the slot that held it was emptied: a walk that read this count
+  // before the unlink may have found the table, so its hint is stale.
+  unlinks_.fetch_add(1, std::memory_order_acq_rel);
   table_pages_.fetch_sub(CountPages(page, level), std::memory_order_relaxed);
   return reclaimer_.Retire([owned = std::unique_ptr<TablePage>(page), level]() mutable {
     DestroySubtree(std::move(owned), level);
@@ -415,7 +437,12 @@ std::optional<PageTable::Removed> PageTable::RemoveEndingIn(uint64_t first_iova,
   std::atomic<uint64_t>* first;
   uint64_t entry;
   while (true) {
-    first = FindSlot(first_iova, &level);
+    if (TablePage* table = HintedLeafTable(first_iova)) {
+      level = 0;
+      first = &table->entries[Index(first_iova, 0)];
+    } else {
+      first = FindSlot(first_iova, &level);
+    }
     entry = first->load(std::memory_order_acquire);
     if (!(entry & kPresent) || !(entry & kFirst) || (first_iova & (Span(level) - 1)) != 0) {
       return std::nullopt;

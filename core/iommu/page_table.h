@@ -29,6 +29,10 @@
 //    every table whose span lies inside the mapping.
 //  - Unlinked table pages go to the EpochReclaimer and are freed only when no
 //    guard that could have seen them remains.
+//  - Each thread remembers the last 4 KiB leaf table its installs walked to,
+//    and uses it without a walk while no table has been unlinked since (a
+//    table never moves, and every unlink is counted): for an exclusive
+//    Install, and for Remove.
 // Leaves of kClaimed origin (identity claims, outside the IOVA allocator)
 // stay claimed after Remove, so nobody can reuse their IOVA until Release(),
 // which the domain calls once the IOTLB invalidation covering them is done.
@@ -46,6 +50,7 @@
 #include "absl/functional/function_ref.h"
 #include "core/iommu/epoch.h"
 #include "core/iommu/types.h"
+#include "core/util/per_thread.h"
 
 namespace iommu_broker {
 
@@ -173,6 +178,22 @@ class PageTable final {
   static bool PublishLeaf(std::atomic<uint64_t>& slot, uint64_t leaf, bool exclusive,
                           uint64_t& found);
 
+  // This thread's last leaf table (level 0: the 4 KiB slots of one 2 MiB
+  // span), kept across calls so that the DMA-API case, pages mapped and
+  // unmapped near the last one, skips the walk from the root. Tables never
+  // move, so one found by a walk stays where it was until it is unlinked:
+  // the hint is good only while unlinks_ is what it was before that walk.
+  struct alignas(64) LeafTableHint {
+    std::atomic<uint64_t> span{~uint64_t{0}};  // iova >> Shift(1) of `table`
+    std::atomic<TablePage*> table{nullptr};
+    std::atomic<uint64_t> unlinks{0};
+  };
+  // `iova`'s leaf table from this thread's hint, or nullptr. Safe to use
+  // (a table no thread can unlink meanwhile) only for a range the caller
+  // owns (an exclusive Install) and for Remove, which only acts on a
+  // mapping it finds and wins: a table an unlink could take away holds
+  // no leaf for either.
+  TablePage* HintedLeafTable(uint64_t iova);
   // The table below `slot`, created if the slot is empty; nullptr if the
   // slot holds a leaf or a claim.
   TablePage* EnsureTable(std::atomic<uint64_t>& slot);
@@ -195,6 +216,8 @@ class PageTable final {
   EpochReclaimer& reclaimer_;
   std::unique_ptr<TablePage> root_;
   std::atomic<uint64_t> table_pages_{1};
+  std::atomic<uint64_t> unlinks_{0};  // tables ever unlinked
+  PerThread<LeafTableHint> hints_;
 };
 
 }  // namespace iommu_broker

@@ -230,6 +230,36 @@ TEST_F(PageTableTest, ExclusiveOneLeafInstallsPublishTheirLeaf) {
   EXPECT_EQ(Leaves().size(), std::size(cases));
 }
 
+// Each thread remembers the leaf table its last 4 KiB install found; a table
+// unlinked since (here replaced by a 2 MiB leaf, then freed) must not be
+// used again, by an install or by a remove.
+TEST_F(PageTableTest, ATableUnlinkedSinceItWasRememberedIsNotUsed) {
+  const uint64_t span = kBase + 6 * k2M;
+  const uint64_t page = span + 0x9000;
+  auto replace_the_table = [&] {
+    ASSERT_TRUE(RemoveExactly(page, page + k4K).has_value());
+    ASSERT_TRUE(Install(Exclusive(MakeMapping(span, k2M, kAllSizes))).has_value());
+    ASSERT_TRUE(RemoveExactly(span, span + k2M).has_value());
+    reclaimer_.Reclaim();  // frees the replaced table
+  };
+
+  ASSERT_TRUE(Install(Exclusive(MakeMapping(page, k4K))).has_value());  // remembers the table
+  replace_the_table();
+  ASSERT_TRUE(Install(Exclusive(MakeMapping(page, k4K))).has_value());
+  std::optional<Leaf> leaf = Lookup(page);  // a walk from the root
+  ASSERT_TRUE(leaf.has_value());
+  EXPECT_EQ(leaf->phys, page + kPhysOffset);
+
+  replace_the_table();
+  // Mapped again by another thread, whose install this thread's memory
+  // knows nothing of.
+  std::thread([&] { EXPECT_TRUE(Install(Exclusive(MakeMapping(page, k4K))).has_value()); }).join();
+  std::optional<PageTable::Removed> removed = RemoveExactly(page, page + k4K);
+  ASSERT_TRUE(removed.has_value());
+  EXPECT_EQ(removed->iova, page);
+  EXPECT_FALSE(Lookup(page).has_value());
+}
+
 TEST_F(PageTableTest, RoundTripsPermsOwnerOriginAndPhys) {
   struct Case {
     Perms perms;
