@@ -144,8 +144,18 @@ Domain::~Domain() = default;
 // ---------------------------------------------------------------- Map
 
 absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request) {
+  // Built where the caller receives it and returned by name: a MapResult
+  // filled with scalar stores and then moved into the StatusOr is read back
+  // 16 bytes at a time, which stalls on store forwarding (docs/PERFORMANCE.md).
+  absl::StatusOr<MapResult> mapped(absl::in_place);
+  if (absl::Status status = MapInto(device, request, *mapped); !status.ok()) {
+    mapped = std::move(status);
+  }
+  return mapped;
+}
+
+absl::Status Domain::MapInto(Device& device, const MapRequest& request, MapResult& result) {
   if (absl::Status status = ValidateMapRequest(request); !status.ok()) return status;
-  MapResult result;
   // Checked here rather than in DecideBypass: building and destroying its
   // result on every map cost ~5% of a DMA-API map + unmap.
   if (request.bypass != BypassMode::kNone) {
@@ -157,7 +167,8 @@ absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request)
     }
     if (bypass->has_value()) {
       AddOwned(counts_.Local().bypass_maps, 1);
-      return **bypass;
+      result = **std::move(bypass);
+      return absl::OkStatus();
     }
     if (!refusal.empty()) {
       AddOwned(counts_.Local().bypass_fallbacks, 1);
@@ -169,27 +180,32 @@ absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request)
     AddOwned(counts_.Local().identity_maps, 1);
     result.iova = request.phys;
     result.kind = MappingKind::kIdentity;
-    return result;
+    return absl::OkStatus();
   }
   if (!TryCountMapping()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "domain ", id(), " holds its limit of ", config_.max_mappings, " mappings (max_mappings)"));
   }
-  absl::StatusOr<Placed> placed =
-      request.has_iova ? PlaceFixed(device, request) : PlaceAnywhere(device, request);
-  if (!placed.ok()) {
-    AddOwned(counts_.Local().live_mappings, -1);
-    return placed.status();
-  }
-  result.iova = placed->iova;
-  if (placed->origin == IovaOrigin::kClaimed && placed->iova == request.phys) {
+  absl::Status placed = request.has_iova ? PlaceFixed(device, request, result)
+                                         : PlaceAnywhere(device, request, result);
+  if (!placed.ok()) AddOwned(counts_.Local().live_mappings, -1);
+  return placed;
+}
+
+void Domain::RecordPlacement(const MapRequest& request, uint64_t iova, IovaOrigin origin,
+                             const PageTable::LeafCounts& leaves, MapResult& result) {
+  result.iova = iova;
+  if (origin == IovaOrigin::kClaimed && iova == request.phys) {
     result.kind = MappingKind::kIdentity;
     AddOwned(counts_.Local().identity_maps, 1);
   }
-  result.leaves_4k = placed->leaves.leaves_4k;
-  result.leaves_2m = placed->leaves.leaves_2m;
-  result.leaves_1g = placed->leaves.leaves_1g;
-  return result;
+  // Field by field: Install just wrote the counts with scalar stores, which
+  // a 16-byte copy would wait for.
+  result.leaves_4k = leaves.leaves_4k;
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps the copies apart
+  result.leaves_2m = leaves.leaves_2m;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  result.leaves_1g = leaves.leaves_1g;
 }
 
 absl::Status Domain::ValidateMapRequest(const MapRequest& request) const {
@@ -272,15 +288,16 @@ PageTable::Mapping Domain::MappingFor(const Device& device, const MapRequest& re
   return mapping;
 }
 
-absl::StatusOr<Domain::Placed> Domain::PlaceAnywhere(const Device& device,
-                                                     const MapRequest& request) {
+absl::Status Domain::PlaceAnywhere(const Device& device, const MapRequest& request,
+                                   MapResult& result) {
   const uint64_t phys_last = request.phys + (request.size - 1);
   if (identity_end_ != 0 && policy() == Policy::kFast && request.phys >= config_.aperture_first &&
       phys_last < identity_end_ && phys_last <= device.dma_mask() &&
       CheckReservedOverlap(request.phys, request.size).ok()) {
     if (std::optional<PageTable::LeafCounts> leaves =
             page_table_.Install(MappingFor(device, request, request.phys, IovaOrigin::kClaimed))) {
-      return Placed{request.phys, IovaOrigin::kClaimed, *leaves};
+      RecordPlacement(request, request.phys, IovaOrigin::kClaimed, *leaves, result);
+      return absl::OkStatus();
     }
     // Taken: fall back to the allocator, which serves addresses above
     // physical memory.
@@ -299,10 +316,12 @@ absl::StatusOr<Domain::Placed> Domain::PlaceAnywhere(const Device& device,
     return absl::InternalError(absl::StrCat("domain ", id(), ": allocated iova ", Hex(*iova),
                                             " is already present in the page table"));
   }
-  return Placed{*iova, IovaOrigin::kAllocated, *leaves};
+  RecordPlacement(request, *iova, IovaOrigin::kAllocated, *leaves, result);
+  return absl::OkStatus();
 }
 
-absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const MapRequest& request) {
+absl::Status Domain::PlaceFixed(const Device& device, const MapRequest& request,
+                                MapResult& result) {
   const uint64_t iova = request.iova;
   const uint64_t last = iova + (request.size - 1);
   if (iova < config_.aperture_first || last > config_.aperture_last) {
@@ -331,7 +350,8 @@ absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const Ma
       leaves = page_table_.Install(MappingFor(device, request, iova, IovaOrigin::kClaimed));
     }
     if (!leaves) return OverlapError(iova, request.size);
-    return Placed{iova, IovaOrigin::kClaimed, *leaves};
+    RecordPlacement(request, iova, IovaOrigin::kClaimed, *leaves, result);
+    return absl::OkStatus();
   }
   absl::Status reserved = allocator_->Reserve(iova, request.size);
   if (absl::IsAlreadyExists(reserved)) {
@@ -350,7 +370,8 @@ absl::StatusOr<Domain::Placed> Domain::PlaceFixed(const Device& device, const Ma
     allocator_->Unreserve(iova, request.size).IgnoreError();
     return OverlapError(iova, request.size);
   }
-  return Placed{iova, IovaOrigin::kReserved, *leaves};
+  RecordPlacement(request, iova, IovaOrigin::kReserved, *leaves, result);
+  return absl::OkStatus();
 }
 
 absl::Status Domain::CheckReservedOverlap(uint64_t iova, uint64_t size) const {

@@ -194,12 +194,6 @@ class Domain final : public std::enable_shared_from_this<Domain> {
     std::atomic<int64_t> bypass_refusals{0};
     std::atomic<int64_t> identity_maps{0};
   };
-  // A translated mapping placed in the page table.
-  struct Placed {
-    uint64_t iova = 0;
-    IovaOrigin origin = IovaOrigin::kAllocated;
-    PageTable::LeafCounts leaves;
-  };
   // One page's translation, before the access check.
   struct PageTranslation {
     IotlbEntry leaf;  // the leaf (or identity page) holding the page
@@ -208,6 +202,8 @@ class Domain final : public std::enable_shared_from_this<Domain> {
     bool stale = false;
   };
 
+  // Map, into the caller's result.
+  absl::Status MapInto(Device& device, const MapRequest& request, MapResult& result);
   absl::Status ValidateMapRequest(const MapRequest& request) const;
   // For a request that asks for bypass: the bypass mapping, or nullopt to
   // translate (with `refusal` saying why when bypass was preferred but not
@@ -215,8 +211,13 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   absl::StatusOr<std::optional<MapResult>> DecideBypass(const Device& device,
                                                         const MapRequest& request,
                                                         std::string* refusal) const;
-  absl::StatusOr<Placed> PlaceFixed(const Device& device, const MapRequest& request);
-  absl::StatusOr<Placed> PlaceAnywhere(const Device& device, const MapRequest& request);
+  // Place a translated mapping in the page table, at the requested IOVA or
+  // where the allocator (or an identity claim) puts it, and record it in
+  // `result`.
+  absl::Status PlaceFixed(const Device& device, const MapRequest& request, MapResult& result);
+  absl::Status PlaceAnywhere(const Device& device, const MapRequest& request, MapResult& result);
+  void RecordPlacement(const MapRequest& request, uint64_t iova, IovaOrigin origin,
+                       const PageTable::LeafCounts& leaves, MapResult& result);
   PageTable::Mapping MappingFor(const Device& device, const MapRequest& request, uint64_t iova,
                                 IovaOrigin origin) const;
   absl::Status CheckReservedOverlap(uint64_t iova, uint64_t size) const;
