@@ -184,7 +184,7 @@ class PageTable final {
   // move, so one found by a walk stays where it was until it is unlinked:
   // the hint is good only while unlinks_ is what it was before that walk.
   struct alignas(64) LeafTableHint {
-    std::atomic<uint64_t> span{~uint64_t{0}};  // iova >> Shift(1) of `table`
+    std::atomic<uint64_t> span{~uint64_t{0}};  // `table`'s 2 MiB span: iova >> 21
     std::atomic<TablePage*> table{nullptr};
     std::atomic<uint64_t> unlinks{0};
   };
