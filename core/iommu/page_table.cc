@@ -307,12 +307,7 @@ std::optional<PageTable::LeafCounts> PageTable::Install(const Mapping& mapping) 
         page = EnsureTable(page->entries[Index(mapping.iova, at)]);
       }
       if (page == nullptr) return std::nullopt;  // a leaf or claim above: taken
-      if (level == 0) {
-        LeafTableHint& hint = hints_.Local();
-        hint.span.store(mapping.iova >> Shift(1), std::memory_order_relaxed);
-        hint.table.store(page, std::memory_order_relaxed);
-        hint.unlinks.store(unlinks, std::memory_order_relaxed);
-      }
+      if (level == 0) RememberLeafTable(mapping.iova, page, unlinks);
     }
     uint64_t found = 0;
     if (PublishLeaf(page->entries[Index(mapping.iova, level)],
@@ -345,6 +340,13 @@ PageTable::TablePage* PageTable::HintedLeafTable(uint64_t iova) {
     return nullptr;
   }
   return hint.table.load(std::memory_order_relaxed);
+}
+
+void PageTable::RememberLeafTable(uint64_t iova, TablePage* table, uint64_t unlinks) {
+  LeafTableHint& hint = hints_.Local();
+  hint.span.store(iova >> Shift(1), std::memory_order_relaxed);
+  hint.table.store(table, std::memory_order_relaxed);
+  hint.unlinks.store(unlinks, std::memory_order_relaxed);
 }
 
 PageTable::TablePage* PageTable::EnsureTable(std::atomic<uint64_t>& slot) {

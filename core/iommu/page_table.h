@@ -194,6 +194,9 @@ class PageTable final {
   // mapping it finds and wins: a table an unlink could take away holds
   // no leaf for either.
   TablePage* HintedLeafTable(uint64_t iova);
+  // Makes `table`, which a walk that began when unlinks_ was `unlinks` found
+  // for `iova`, this thread's hint.
+  void RememberLeafTable(uint64_t iova, TablePage* table, uint64_t unlinks);
   // The table below `slot`, created if the slot is empty; nullptr if the
   // slot holds a leaf or a claim.
   TablePage* EnsureTable(std::atomic<uint64_t>& slot);
