@@ -1,6 +1,7 @@
 #include "core/iommu/domain.h"
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 #include "absl/base/attributes.h"
@@ -569,10 +570,19 @@ std::vector<InvalidationEvent> Domain::RangeEvents(absl::Span<const PageTable::R
 }
 
 void Domain::FreeIovas(absl::Span<const PageTable::Removed> removed) {
+  // Allocated ranges go back in batches: one allocator entry for a flush
+  // queue's worth, not one each.
+  std::array<IovaRange, 64> allocated;
+  size_t batched = 0;
+  auto free_batch = [&] {
+    allocator_->FreeAll(absl::MakeConstSpan(allocated.data(), batched)).IgnoreError();  // trusted
+    batched = 0;
+  };
   for (const PageTable::Removed& gone : removed) {
     switch (gone.origin) {
       case IovaOrigin::kAllocated:
-        allocator_->Free(gone.iova, gone.size).IgnoreError();  // trusted: the table's record
+        allocated[batched++] = {gone.iova, gone.size};
+        if (batched == allocated.size()) free_batch();
         break;
       case IovaOrigin::kReserved:
         allocator_->Unreserve(gone.iova, gone.size).IgnoreError();
@@ -586,6 +596,7 @@ void Domain::FreeIovas(absl::Span<const PageTable::Removed> removed) {
       }
     }
   }
+  if (batched > 0) free_batch();
 }
 
 bool Domain::TryCountMapping() {
