@@ -46,6 +46,7 @@
 #include <mutex>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "core/util/heavy_barrier.h"
@@ -63,9 +64,9 @@ class EpochReclaimer final {
 
   class Guard final {
    public:
-    explicit Guard(EpochReclaimer& reclaimer)
+    ABSL_ATTRIBUTE_ALWAYS_INLINE explicit Guard(EpochReclaimer& reclaimer)
         : reader_(reclaimer.ReaderForThisThread()), parity_(reclaimer.Enter(*reader_)) {}
-    ~Guard() { Exit(*reader_, parity_); }
+    ABSL_ATTRIBUTE_ALWAYS_INLINE ~Guard() { Exit(*reader_, parity_); }
     Guard(const Guard&) = delete;
     Guard& operator=(const Guard&) = delete;
 

@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 
 namespace iommu_broker {
@@ -85,8 +86,10 @@ class PerThread final {
   PerThread(const PerThread&) = delete;
   PerThread& operator=(const PerThread&) = delete;
 
-  // The calling thread's slot, bound on first use.
-  Slot& Local() {
+  // The calling thread's slot, bound on first use. Always inlined, with the
+  // binding out of line: link-time optimization otherwise inlines the
+  // binding into callers and then leaves them out of line.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE Slot& Local() {
     if (ABSL_PREDICT_TRUE(last_.registry == registry_.get())) return last_.entry->slot;
     return Bind();
   }
@@ -156,7 +159,7 @@ class PerThread final {
     return fresh.release();  // now owned by the registry
   }
 
-  Slot& Bind() {
+  ABSL_ATTRIBUTE_NOINLINE Slot& Bind() {
     using per_thread_internal::ThreadBindings;
     std::vector<ThreadBindings::Binding>& bindings =
         per_thread_internal::thread_bindings.bindings();
