@@ -1,5 +1,7 @@
 #include "core/iommu/iotlb.h"
 
+#include <cstdint>
+#include <memory>
 #include <thread>
 
 #include "absl/base/config.h"
@@ -10,10 +12,10 @@
 
 namespace iommu_broker {
 
-// Storage. The sets are one array of 64-byte lines; set i owns lines
-// [i * lines_per_set_, (i + 1) * lines_per_set_), so no two sets share a line
-// and a writer holding one set never disturbs readers of another. A set's
-// words are
+// Storage. The sets are one array of 64-bit words starting on a 64-byte
+// line; set i owns words [i * words_per_set_, (i + 1) * words_per_set_), a
+// whole number of lines, so no two sets share a line and a writer holding
+// one set never disturbs readers of another. A set's words are
 //
 //   word 0                      sequence: even = stable, odd = a writer holds it
 //   word 1                      round-robin victim (touched only under the lock)
@@ -27,14 +29,17 @@ namespace iommu_broker {
 // Tag word:   bit 63 valid | bits 62..51 requester | bits 50..45 page shift |
 //             bits 44..0 page number (iova >> shift; IOVAs are below 2^48).
 // Value word: physical address of the page (page-aligned) | write << 1 | read.
-struct alignas(64) Iotlb::Line {
-  std::atomic<uint64_t> words[8];
-};
-
 namespace {
 
-constexpr uint32_t kWordsPerLine = 8;
-static_assert(sizeof(std::atomic<uint64_t>) * kWordsPerLine == 64);
+constexpr size_t kLineBytes = 64;
+constexpr uint32_t kWordsPerLine = kLineBytes / sizeof(std::atomic<uint64_t>);
+// The first word of `words` that starts a line. new[] aligns only to 16
+// bytes, so the storage holds a line's worth of words more than the sets.
+std::atomic<uint64_t>* FirstWholeLine(std::atomic<uint64_t>* words) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(words);
+  return words + (kLineBytes - address % kLineBytes) % kLineBytes / sizeof(*words);
+}
+
 constexpr uint32_t kSeqWord = 0;
 constexpr uint32_t kVictimWord = 1;
 constexpr uint32_t kFirstTagWord = 2;
@@ -134,8 +139,11 @@ absl::StatusOr<std::unique_ptr<Iotlb>> Iotlb::Create(IotlbGeometry geometry,
 Iotlb::Iotlb(IotlbGeometry geometry, PageSizeSet page_sizes)
     : geometry_(geometry),
       page_sizes_(page_sizes),
-      lines_per_set_((kFirstTagWord + 2 * geometry.ways + kWordsPerLine - 1) / kWordsPerLine),
-      lines_(std::make_unique<Line[]>(size_t{geometry.sets} * lines_per_set_)) {
+      words_per_set_((kFirstTagWord + 2 * geometry.ways + kWordsPerLine - 1) / kWordsPerLine *
+                     kWordsPerLine),
+      storage_(
+          std::make_unique<SetWord[]>(size_t{geometry.sets} * words_per_set_ + kWordsPerLine - 1)),
+      sets_(FirstWholeLine(storage_.get())) {
   for (uint64_t size : {kPage4K, kPage2M, kPage1G}) {
     if ((page_sizes & size) != 0) probe_shifts_[num_probe_shifts_++] = ShiftOf(size);
   }
@@ -143,31 +151,27 @@ Iotlb::Iotlb(IotlbGeometry geometry, PageSizeSet page_sizes)
 
 Iotlb::~Iotlb() = default;
 
-std::atomic<uint64_t>& Iotlb::Word(Line* set, uint32_t index) {
-  return set[index / kWordsPerLine].words[index % kWordsPerLine];
+Iotlb::SetWord* Iotlb::SetOf(uint64_t page_number, unsigned shift) const {
+  return &sets_[(HashPage(page_number, shift) & (geometry_.sets - 1)) * words_per_set_];
 }
 
-Iotlb::Line* Iotlb::SetOf(uint64_t page_number, unsigned shift) const {
-  return &lines_[(HashPage(page_number, shift) & (geometry_.sets - 1)) * lines_per_set_];
-}
-
-int Iotlb::FindWay(Line* set, uint64_t tag, std::memory_order order) const {
+int Iotlb::FindWay(SetWord* set, uint64_t tag, std::memory_order order) const {
   const uint32_t ways = geometry_.ways;  // loaded once: atomics stop the compiler hoisting it
   for (uint32_t way = 0; way < ways; ++way) {
-    if (Word(set, kFirstTagWord + way).load(order) == tag) return static_cast<int>(way);
+    if (set[kFirstTagWord + way].load(order) == tag) return static_cast<int>(way);
   }
   return -1;
 }
 
-bool Iotlb::Probe(Line* set, uint64_t tag, uint64_t* value) const {
-  std::atomic<uint64_t>& seq = Word(set, kSeqWord);
+bool Iotlb::Probe(SetWord* set, uint64_t tag, uint64_t* value) const {
+  std::atomic<uint64_t>& seq = set[kSeqWord];
   for (int attempt = 0; attempt < kReadAttempts; ++attempt) {
     const uint64_t before = seq.load(std::memory_order_acquire);
     const int way = FindWay(set, tag, kWayLoad);
     // Not finding the tag needs no validation: a miss, even one caused by a
     // concurrent write, is always a correct answer.
     if (way < 0) return false;
-    const uint64_t found = Word(set, kFirstTagWord + geometry_.ways + way).load(kWayLoad);
+    const uint64_t found = set[kFirstTagWord + geometry_.ways + way].load(kWayLoad);
     ReadFence();
     if ((before & 1) == 0 && seq.load(std::memory_order_relaxed) == before) {
       *value = found;
@@ -178,8 +182,8 @@ bool Iotlb::Probe(Line* set, uint64_t tag, uint64_t* value) const {
   return false;
 }
 
-uint64_t Iotlb::LockSet(Line* set) {
-  std::atomic<uint64_t>& seq = Word(set, kSeqWord);
+uint64_t Iotlb::LockSet(SetWord* set) {
+  std::atomic<uint64_t>& seq = set[kSeqWord];
   for (int spins = 0;; ++spins) {
     uint64_t current = seq.load(std::memory_order_relaxed);
     // Sequentially consistent: see NothingToInvalidate.
@@ -196,10 +200,10 @@ uint64_t Iotlb::LockSet(Line* set) {
   }
 }
 
-void Iotlb::UnlockSet(Line* set, uint64_t locked_at, bool modified) {
+void Iotlb::UnlockSet(SetWord* set, uint64_t locked_at, bool modified) {
   // An unmodified set gets its old sequence back, so readers that overlapped
   // the lock need not retry: nothing they read changed.
-  Word(set, kSeqWord).store(modified ? locked_at + 2 : locked_at, std::memory_order_release);
+  set[kSeqWord].store(modified ? locked_at + 2 : locked_at, std::memory_order_release);
 }
 
 bool Iotlb::Lookup(uint32_t requester, uint64_t iova, IotlbEntry& entry) {
@@ -238,7 +242,7 @@ void Iotlb::Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry) 
   const uint64_t tag = MakeTag(requester, shift, page_number);
   const uint64_t value = (entry.phys & ~(entry.page_size - 1)) | (entry.perms.read ? kReadBit : 0) |
                          (entry.perms.write ? kWriteBit : 0);
-  Line* const set = SetOf(page_number, shift);
+  SetWord* const set = SetOf(page_number, shift);
   if ((sizes_inserted_.load(std::memory_order_relaxed) & entry.page_size) == 0) {
     sizes_inserted_.fetch_or(entry.page_size, std::memory_order_relaxed);
   }
@@ -268,22 +272,22 @@ void Iotlb::Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry) 
   bool evicting = false;
   if (way < 0) {
     for (uint32_t w = 0; w < ways; ++w) {
-      if ((Word(set, kFirstTagWord + w).load(std::memory_order_relaxed) & kValid) == 0) {
+      if ((set[kFirstTagWord + w].load(std::memory_order_relaxed) & kValid) == 0) {
         way = static_cast<int>(w);
         break;
       }
     }
   }
   if (way < 0) {
-    std::atomic<uint64_t>& victim = Word(set, kVictimWord);
+    std::atomic<uint64_t>& victim = set[kVictimWord];
     const uint64_t next = victim.load(std::memory_order_relaxed);  // always < ways
     way = static_cast<int>(next);
     victim.store(next + 1 == ways ? 0 : next + 1, std::memory_order_relaxed);
     evicting = true;
   }
   // Release stores: a reader that sees either word also sees our odd sequence.
-  Word(set, kFirstTagWord + way).store(tag, std::memory_order_release);
-  Word(set, kFirstTagWord + ways + way).store(value, std::memory_order_release);
+  set[kFirstTagWord + way].store(tag, std::memory_order_release);
+  set[kFirstTagWord + ways + way].store(value, std::memory_order_release);
   UnlockSet(set, locked_at, /*modified=*/true);
   Counts& counts = counts_.Local();
   AddOwned(counts.inserts, 1);
@@ -291,7 +295,7 @@ void Iotlb::Insert(uint64_t token, uint32_t requester, const IotlbEntry& entry) 
 }
 
 template <typename Match>
-bool Iotlb::NothingToInvalidate(Line* set, const Match& match) const {
+bool Iotlb::NothingToInvalidate(SetWord* set, const Match& match) const {
   // Why a fill cannot slip past this unlocked look. The invalidation bumped
   // invalidations_begun_ (sequentially consistent) before this load of the
   // set's sequence, and an Insert locks the set (sequentially consistent)
@@ -299,11 +303,11 @@ bool Iotlb::NothingToInvalidate(Line* set, const Match& match) const {
   // unchanged since, an Insert that locks it later reads the bump and drops
   // a fill whose walk began before it; one that finished earlier published
   // its entry before the sequence we read, so the ways below show it.
-  std::atomic<uint64_t>& seq = Word(set, kSeqWord);
+  std::atomic<uint64_t>& seq = set[kSeqWord];
   const uint64_t before = seq.load(std::memory_order_seq_cst);
   if ((before & 1) != 0) return false;
   for (uint32_t way = 0; way < geometry_.ways; ++way) {
-    const uint64_t tag = Word(set, kFirstTagWord + way).load(kWayLoad);
+    const uint64_t tag = set[kFirstTagWord + way].load(kWayLoad);
     if ((tag & kValid) != 0 && match(tag)) return false;
   }
   ReadFence();
@@ -311,7 +315,7 @@ bool Iotlb::NothingToInvalidate(Line* set, const Match& match) const {
 }
 
 template <typename Match>
-uint64_t Iotlb::InvalidateInSet(Line* set, const Match& match) {
+uint64_t Iotlb::InvalidateInSet(SetWord* set, const Match& match) {
   // Looking first leaves a set with nothing to remove unwritten, so its line
   // stays shared by every CPU instead of moving to each invalidating one
   // (a whole-IOTLB sweep of an idle IOTLB then writes nothing).
@@ -319,7 +323,7 @@ uint64_t Iotlb::InvalidateInSet(Line* set, const Match& match) {
   const uint64_t locked_at = LockSet(set);
   uint64_t removed = 0;
   for (uint32_t way = 0; way < geometry_.ways; ++way) {
-    std::atomic<uint64_t>& tag = Word(set, kFirstTagWord + way);
+    std::atomic<uint64_t>& tag = set[kFirstTagWord + way];
     const uint64_t current = tag.load(std::memory_order_relaxed);
     if ((current & kValid) != 0 && match(current)) {
       tag.store(0, std::memory_order_release);
@@ -334,7 +338,7 @@ template <typename Match>
 void Iotlb::InvalidateEverywhere(const Match& match) {
   uint64_t removed = 0;
   for (uint32_t index = 0; index < geometry_.sets; ++index) {
-    removed += InvalidateInSet(&lines_[size_t{index} * lines_per_set_], match);
+    removed += InvalidateInSet(&sets_[size_t{index} * words_per_set_], match);
   }
   if (removed != 0) AddOwned(counts_.Local().invalidated_entries, static_cast<int64_t>(removed));
 }

@@ -99,9 +99,10 @@ class Iotlb final {
   IotlbStats Stats() const;
 
  private:
-  // One cache line of a set's storage. A set is `lines_per_set_` whole lines
-  // of 64-bit words (see iotlb.cc for the layout), so no two sets share a line.
-  struct Line;
+  // A set is `words_per_set_` words starting on a cache line, so no two sets
+  // share a line (see iotlb.cc for the layout); a set is named by its first
+  // word.
+  using SetWord = std::atomic<uint64_t>;
   // Statistics, one slot per thread (core/util/per_thread.h), so that
   // lookups count with plain stores.
   struct alignas(64) Counts {
@@ -115,36 +116,36 @@ class Iotlb final {
 
   Iotlb(IotlbGeometry geometry, PageSizeSet page_sizes);
 
-  // The word `index` of the set whose first line is `set`.
-  static std::atomic<uint64_t>& Word(Line* set, uint32_t index);
   // The set caching a page of size 1 << shift.
-  Line* SetOf(uint64_t page_number, unsigned shift) const;
+  SetWord* SetOf(uint64_t page_number, unsigned shift) const;
   // The way of `set` holding `tag`, or -1. Loads the tags with `order`.
-  int FindWay(Line* set, uint64_t tag, std::memory_order order) const;
+  int FindWay(SetWord* set, uint64_t tag, std::memory_order order) const;
   // A seqlock read: true and the value word if `set` holds `tag`.
-  bool Probe(Line* set, uint64_t tag, uint64_t* value) const;
+  bool Probe(SetWord* set, uint64_t tag, uint64_t* value) const;
   // The set's spin lock: returns the (even) sequence it was locked at.
-  static uint64_t LockSet(Line* set);
-  static void UnlockSet(Line* set, uint64_t locked_at, bool modified);
+  static uint64_t LockSet(SetWord* set);
+  static void UnlockSet(SetWord* set, uint64_t locked_at, bool modified);
   // Under the set's lock, clears every valid way whose tag satisfies `match`
   // (a function of the tag word); returns how many.
   template <typename Match>
-  uint64_t InvalidateInSet(Line* set, const Match& match);
+  uint64_t InvalidateInSet(SetWord* set, const Match& match);
   // True if `set` holds no valid way satisfying `match` and no insert can
   // still add one that an invalidation begun before this call must remove:
   // a seqlock read, taking no lock.
   template <typename Match>
-  bool NothingToInvalidate(Line* set, const Match& match) const;
+  bool NothingToInvalidate(SetWord* set, const Match& match) const;
   template <typename Match>
   void InvalidateEverywhere(const Match& match);
 
   const IotlbGeometry geometry_;
   const PageSizeSet page_sizes_;
-  const uint32_t lines_per_set_;
+  const uint32_t words_per_set_;  // whole lines
   // Page shifts Lookup probes, smallest first; num_probe_shifts_ are used.
   std::array<uint8_t, 3> probe_shifts_{};
   int num_probe_shifts_ = 0;
-  std::unique_ptr<Line[]> lines_;
+  // The sets, one after another, from the first line boundary of storage_.
+  std::unique_ptr<SetWord[]> storage_;
+  SetWord* const sets_;
   // The page sizes ever inserted: Lookup skips probing the others (a miss
   // is always a correct answer), so a domain that allows huge pages but maps
   // none pays one probe per miss, not three. Set once per size, then only
