@@ -458,19 +458,20 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   return result;
 }
 
-absl::Status Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end,
-                                    absl::InlinedVector<PageTable::Removed, 1>& removed) {
-  auto take = [&](const PageTable::Removed& gone) {
-    if (gone.reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
-    PageTable::CopyRemoved(gone, removed.emplace_back());
-  };
+inline absl::Status Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end,
+                                           absl::InlinedVector<PageTable::Removed, 1>& removed) {
   // The DMA-API case: the range is exactly one mapping, which splits
   // nothing. One walk finds and removes it; the boundary checks and the range
   // scan are for everything else.
   if (std::optional<PageTable::Removed> gone = page_table_.RemoveExactly(iova, end)) {
-    take(*gone);
+    TakeRemoved(*gone, removed);
     return absl::OkStatus();
   }
+  return RemoveEverythingInside(device, iova, end, removed);
+}
+
+absl::Status Domain::RemoveEverythingInside(Device& device, uint64_t iova, uint64_t end,
+                                            absl::InlinedVector<PageTable::Removed, 1>& removed) {
   if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) return status;
   for (uint64_t cursor = iova; cursor < end;) {
     std::optional<PageTable::Leaf> leaf = page_table_.FindLeaf(cursor, end);
@@ -478,11 +479,17 @@ absl::Status Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end,
     cursor = leaf->iova + leaf->size;
     if (!leaf->first) continue;  // a mapping being built or removed by another thread
     if (std::optional<PageTable::Removed> gone = page_table_.Remove(leaf->iova, end)) {
-      take(*gone);
+      TakeRemoved(*gone, removed);
       cursor = gone->iova + gone->size;
     }
   }
   return absl::OkStatus();
+}
+
+void Domain::TakeRemoved(const PageTable::Removed& gone,
+                         absl::InlinedVector<PageTable::Removed, 1>& removed) {
+  if (gone.reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
+  PageTable::CopyRemoved(gone, removed.emplace_back());
 }
 
 absl::Status Domain::CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end) {

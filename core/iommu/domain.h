@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
@@ -224,8 +225,16 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   absl::Status OverlapError(uint64_t iova, uint64_t size) const;
   // Removes the mappings wholly inside [iova, end) into `removed`, or
   // refuses (changing nothing) if the range would split one.
-  absl::Status RemoveMappings(Device& device, uint64_t iova, uint64_t end,
-                              absl::InlinedVector<PageTable::Removed, 1>& removed);
+  ABSL_ATTRIBUTE_ALWAYS_INLINE absl::Status RemoveMappings(
+      Device& device, uint64_t iova, uint64_t end,
+      absl::InlinedVector<PageTable::Removed, 1>& removed);
+  // The general case of RemoveMappings: a range that is not exactly one
+  // mapping. Out of line, so the DMA-API case inlines into Unmap.
+  ABSL_ATTRIBUTE_NOINLINE absl::Status RemoveEverythingInside(
+      Device& device, uint64_t iova, uint64_t end,
+      absl::InlinedVector<PageTable::Removed, 1>& removed);
+  void TakeRemoved(const PageTable::Removed& gone,
+                   absl::InlinedVector<PageTable::Removed, 1>& removed);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
   // Invalidates `removed` synchronously (paranoid) and completes the unmap's
   // pending invalidation (Begin() before its PTEs were cleared).
