@@ -486,8 +486,8 @@ absl::Status Domain::RemoveEverythingInside(Device& device, uint64_t iova, uint6
   return absl::OkStatus();
 }
 
-void Domain::TakeRemoved(const PageTable::Removed& gone,
-                         absl::InlinedVector<PageTable::Removed, 1>& removed) {
+inline void Domain::TakeRemoved(const PageTable::Removed& gone,
+                                absl::InlinedVector<PageTable::Removed, 1>& removed) {
   if (gone.reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
   PageTable::CopyRemoved(gone, removed.emplace_back());
 }

@@ -233,8 +233,8 @@ class Domain final : public std::enable_shared_from_this<Domain> {
   ABSL_ATTRIBUTE_NOINLINE absl::Status RemoveEverythingInside(
       Device& device, uint64_t iova, uint64_t end,
       absl::InlinedVector<PageTable::Removed, 1>& removed);
-  void TakeRemoved(const PageTable::Removed& gone,
-                   absl::InlinedVector<PageTable::Removed, 1>& removed);
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void TakeRemoved(
+      const PageTable::Removed& gone, absl::InlinedVector<PageTable::Removed, 1>& removed);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
   // Invalidates `removed` synchronously (paranoid) and completes the unmap's
   // pending invalidation (Begin() before its PTEs were cleared).
