@@ -13,6 +13,7 @@ packages=(
   prometheus-cpp-dev
   libgtest-dev libgmock-dev googletest
   libbenchmark-dev
+  valgrind  # callgrind: the benchmarks' instruction counts (docs/DEVELOPMENT.md)
   libcli11-dev
   python3-grpcio python3-protobuf
   prometheus  # prometheus + promtool: the dashboards/ tests
