@@ -420,25 +420,29 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   // one has nothing to remove, and need not hold the flush queue (whose busy
   // count every thread would share).
   if (current == Policy::kPassthrough && !page_table_.FindLeaf(iova, end)) return UnmapResult{};
-  absl::InlinedVector<PageTable::Removed, 1> removed;
-  absl::Status status;
   // From before the PTEs are cleared until the IOTLB holds none of them,
   // translations check IOTLB hits (pending_invalidations_).
   if (current == Policy::kParanoid) {
     pending_invalidations_.Begin();
-    status = RemoveMappings(device, iova, end, removed);
-    if (status.ok() && !removed.empty()) {
-      InvalidateNow(removed);
+    const Removals removed = RemoveMappings(device, iova, end);
+    if (removed.status.ok() && !removed.all().empty()) {
+      InvalidateNow(removed.all());
     } else {
       pending_invalidations_.Complete(1);
     }
-  } else {
-    FlushQueue::Unmapping unmapping(flush_queue_);
-    status = RemoveMappings(device, iova, end, removed);
-    if (status.ok() && !removed.empty()) NoticePendingFlush(removed);
-    if (status.ok()) unmapping.Enqueue(removed);
+    return FinishUnmap(device, current, removed);
   }
-  if (!status.ok()) return status;
+  FlushQueue::Unmapping unmapping(flush_queue_);
+  const Removals removed = RemoveMappings(device, iova, end);
+  if (removed.status.ok() && !removed.all().empty()) NoticePendingFlush(removed.all());
+  if (removed.status.ok()) unmapping.Enqueue(removed.all());
+  return FinishUnmap(device, current, removed);
+}
+
+inline absl::StatusOr<UnmapResult> Domain::FinishUnmap(Device& device, Policy current,
+                                                       const Removals& removals) {
+  if (!removals.status.ok()) return removals.status;
+  const absl::Span<const PageTable::Removed> removed = removals.all();
   if (removed.empty()) {
     if (current != Policy::kPassthrough) {  // pt identity maps have nothing to unmap
       debug_.CountDoubleUnmap();
@@ -458,20 +462,21 @@ absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_
   return result;
 }
 
-inline absl::Status Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end,
-                                           absl::InlinedVector<PageTable::Removed, 1>& removed) {
+inline Domain::Removals Domain::RemoveMappings(Device& device, uint64_t iova, uint64_t end) {
   // The DMA-API case: the range is exactly one mapping, which splits
-  // nothing. One walk finds and removes it; the boundary checks and the range
-  // scan are for everything else.
-  if (std::optional<PageTable::Removed> gone = page_table_.RemoveExactly(iova, end)) {
-    TakeRemoved(*gone, removed);
-    return absl::OkStatus();
+  // nothing. One walk finds and removes it, writing it in place; the
+  // boundary checks and the range scan are for everything else.
+  Removals removed{.exact = page_table_.RemoveExactly(iova, end), .inside = {}, .status = {}};
+  if (removed.exact) {
+    NoteReclaim(*removed.exact);
+  } else {
+    removed.status = RemoveEverythingInside(device, iova, end, removed.inside);
   }
-  return RemoveEverythingInside(device, iova, end, removed);
+  return removed;
 }
 
 absl::Status Domain::RemoveEverythingInside(Device& device, uint64_t iova, uint64_t end,
-                                            absl::InlinedVector<PageTable::Removed, 1>& removed) {
+                                            std::vector<PageTable::Removed>& removed) {
   if (absl::Status status = CheckUnmapBoundaries(device, iova, end); !status.ok()) return status;
   for (uint64_t cursor = iova; cursor < end;) {
     std::optional<PageTable::Leaf> leaf = page_table_.FindLeaf(cursor, end);
@@ -479,17 +484,16 @@ absl::Status Domain::RemoveEverythingInside(Device& device, uint64_t iova, uint6
     cursor = leaf->iova + leaf->size;
     if (!leaf->first) continue;  // a mapping being built or removed by another thread
     if (std::optional<PageTable::Removed> gone = page_table_.Remove(leaf->iova, end)) {
-      TakeRemoved(*gone, removed);
+      NoteReclaim(*gone);
+      PageTable::CopyRemoved(*gone, removed.emplace_back());
       cursor = gone->iova + gone->size;
     }
   }
   return absl::OkStatus();
 }
 
-inline void Domain::TakeRemoved(const PageTable::Removed& gone,
-                                absl::InlinedVector<PageTable::Removed, 1>& removed) {
+void Domain::NoteReclaim(const PageTable::Removed& gone) {
   if (gone.reclaim_due) env_.reclaim_due->store(true, std::memory_order_relaxed);
-  PageTable::CopyRemoved(gone, removed.emplace_back());
 }
 
 absl::Status Domain::CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end) {

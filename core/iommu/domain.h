@@ -35,10 +35,10 @@
 
 #include "absl/base/attributes.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "core/iommu/completion.h"
 #include "core/iommu/device.h"
 #include "core/iommu/device_tlbs.h"
@@ -223,18 +223,32 @@ class Domain final : public std::enable_shared_from_this<Domain> {
                                 IovaOrigin origin) const;
   absl::Status CheckReservedOverlap(uint64_t iova, uint64_t size) const;
   absl::Status OverlapError(uint64_t iova, uint64_t size) const;
-  // Removes the mappings wholly inside [iova, end) into `removed`, or
-  // refuses (changing nothing) if the range would split one.
-  ABSL_ATTRIBUTE_ALWAYS_INLINE absl::Status RemoveMappings(
-      Device& device, uint64_t iova, uint64_t end,
-      absl::InlinedVector<PageTable::Removed, 1>& removed);
+  // What one unmap removed, or why it removed nothing.
+  struct Removals {
+    // The DMA-API case: the range was exactly this mapping. Written in place
+    // by the page table's walk.
+    std::optional<PageTable::Removed> exact;
+    // Otherwise every mapping wholly inside the range (possibly none).
+    std::vector<PageTable::Removed> inside;
+    absl::Status status;  // not OK: the range would split a mapping
+    absl::Span<const PageTable::Removed> all() const {
+      return exact ? absl::MakeConstSpan(&*exact, 1) : absl::MakeConstSpan(inside);
+    }
+  };
+  // Removes the mappings wholly inside [iova, end), or refuses (changing
+  // nothing) if the range would split one.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE Removals RemoveMappings(Device& device, uint64_t iova, uint64_t end);
   // The general case of RemoveMappings: a range that is not exactly one
   // mapping. Out of line, so the DMA-API case inlines into Unmap.
   ABSL_ATTRIBUTE_NOINLINE absl::Status RemoveEverythingInside(
-      Device& device, uint64_t iova, uint64_t end,
-      absl::InlinedVector<PageTable::Removed, 1>& removed);
-  ABSL_ATTRIBUTE_ALWAYS_INLINE void TakeRemoved(
-      const PageTable::Removed& gone, absl::InlinedVector<PageTable::Removed, 1>& removed);
+      Device& device, uint64_t iova, uint64_t end, std::vector<PageTable::Removed>& removed);
+  // Asks for a reclaim if removing `gone` unlinked table pages.
+  void NoteReclaim(const PageTable::Removed& gone);
+  // The unmap's result from what it removed: counts, DMA-API debugging, and
+  // in paranoid the IOVAs' release.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE absl::StatusOr<UnmapResult> FinishUnmap(Device& device,
+                                                                       Policy current,
+                                                                       const Removals& removals);
   absl::Status CheckUnmapBoundaries(Device& device, uint64_t iova, uint64_t end);
   // Invalidates `removed` synchronously (paranoid) and completes the unmap's
   // pending invalidation (Begin() before its PTEs were cleared).
