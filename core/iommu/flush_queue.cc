@@ -1,5 +1,6 @@
 #include "core/iommu/flush_queue.h"
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -51,15 +52,17 @@ FlushQueue::Unmapping::~Unmapping() {
 
 void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed) {
   for (const PageTable::Removed& gone : removed) {
-    if (stripe_.entries.empty()) {
+    if (stripe_.used == 0) {
+      if (stripe_.entries.empty())
+        stripe_.entries.resize(std::max<size_t>(queue_.options_.capacity, 1));
       stripe_.oldest_unix_nanos.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
     }
-    PageTable::CopyRemoved(gone, stripe_.entries.emplace_back());
+    PageTable::CopyRemoved(gone, stripe_.entries[stripe_.used++]);
     AddOwned(stripe_.waiting, 1);
     AddOwned(stripe_.queued, 1);
     // Stays busy even if this empties it: the rest of `removed` is unmapped
     // already. The busy period ends with the hold.
-    if (stripe_.entries.size() >= queue_.options_.capacity) {
+    if (stripe_.used == stripe_.entries.size()) {
       queue_.FlushStripe(stripe_, FlushKind::kQueueFull);
     }
   }
@@ -68,7 +71,7 @@ void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed
 void FlushQueue::Flush(FlushKind kind) {
   stripes_.ForEach([&](Stripe& stripe) {
     Seized hold(stripe);
-    if (!stripe.entries.empty()) FlushStripe(stripe, kind);
+    if (stripe.used != 0) FlushStripe(stripe, kind);
     SettleStripe(stripe);
   });
 }
@@ -91,16 +94,16 @@ void FlushQueue::FlushExpired(absl::Time now) {
 }
 
 void FlushQueue::FlushStripe(Stripe& stripe, FlushKind kind) {
-  const uint64_t waited = invalidation_queue_.Invalidate(DescriptorsFor(stripe.entries));
+  const uint64_t waited = invalidation_queue_.Invalidate(DescriptorsFor(stripe.queued_entries()));
   if (latencies_ != nullptr) latencies_->Record(Policy::kFast, kind, waited);
-  release_(stripe.entries);
-  stripe.entries.clear();
+  release_(stripe.queued_entries());
+  stripe.used = 0;
   stripe.waiting.store(0, std::memory_order_relaxed);
   AddOwned(stripe.flushes[static_cast<size_t>(kind)], 1);
 }
 
 std::vector<InvalidationDescriptor> FlushQueue::DescriptorsFor(
-    const std::vector<PageTable::Removed>& entries) {
+    absl::Span<const PageTable::Removed> entries) {
   size_t ranges = 0;
   for (const PageTable::Removed& removed : entries) ranges += InvalidationsFor(removed);
   // A full queue's batch is too long for the invalidation queue to walk: it
@@ -119,7 +122,7 @@ std::vector<InvalidationDescriptor> FlushQueue::DescriptorsFor(
 }
 
 void FlushQueue::SettleStripe(Stripe& stripe) {
-  if (stripe.busy && stripe.entries.empty()) {
+  if (stripe.busy && stripe.used == 0) {
     pending_.Complete(1);
     stripe.busy = false;
   }

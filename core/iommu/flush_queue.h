@@ -129,10 +129,14 @@ class FlushQueue final {
 
     std::mutex mutex;
     ReclaimGate gate;
+    // The queued ranges are entries[0, used). Sized to the capacity on first
+    // use, so that queuing one is a copy in place.
     std::vector<PageTable::Removed> entries;
+    size_t used = 0;
+    absl::Span<const PageTable::Removed> queued_entries() const { return {entries.data(), used}; }
     bool busy = false;                          // counted in `pending_`
     std::atomic<int64_t> oldest_unix_nanos{0};  // when the first queued entry arrived
-    std::atomic<int64_t> waiting{0};            // entries.size()
+    std::atomic<int64_t> waiting{0};            // used
     std::atomic<int64_t> queued{0};
     std::array<std::atomic<int64_t>, kFlushKinds> flushes{};
   };
@@ -157,8 +161,7 @@ class FlushQueue final {
   void FlushStripe(Stripe& stripe, FlushKind kind);
   // The invalidation that covers `entries`: their range descriptors, or one
   // whole-domain descriptor where the invalidation queue would promote them.
-  std::vector<InvalidationDescriptor> DescriptorsFor(
-      const std::vector<PageTable::Removed>& entries);
+  std::vector<InvalidationDescriptor> DescriptorsFor(absl::Span<const PageTable::Removed> entries);
   // Ends the stripe's busy period if nothing is queued; before the hold ends.
   void SettleStripe(Stripe& stripe);
 
