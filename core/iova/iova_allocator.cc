@@ -211,7 +211,7 @@ class IovaAllocator::Space final : public std::enable_shared_from_this<IovaAlloc
   ABSL_ATTRIBUTE_NOINLINE static absl::Status SizeError(uint64_t size);
   ABSL_ATTRIBUTE_NOINLINE absl::Status FreeChecked(uint64_t iova, uint64_t size);
   ABSL_ATTRIBUTE_ALWAYS_INLINE void FreeTrusted(uint64_t iova, uint64_t size);
-  void FreeAllTrusted(absl::Span<const IovaRange> ranges);
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void FreeAllTrusted(absl::Span<const IovaRange> ranges);
   absl::Status CheckedForgetAll(absl::Span<const IovaRange> ranges);
   absl::Status ForgetLocked(uint64_t iova, uint64_t size)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(checked_mu_);
@@ -553,22 +553,11 @@ absl::Status IovaAllocator::Space::FreeChecked(uint64_t iova, uint64_t size) {
 }
 
 inline void IovaAllocator::Space::FreeTrusted(uint64_t iova, uint64_t size) {
-  const int size_class = size_class::IndexOf(size >> kGranuleShift);
-  const uint64_t granule = iova >> kGranuleShift;
-  ThreadCache& cache = *CacheForThisThread();
-  if (cache.gate.EnterFast()) {
-    const bool kept = cache.classes[size_class].TryPush(magazine_capacity_[size_class], granule);
-    if (kept) {
-      Bump(cache.cached_granules, size_class::GranulesOf(size_class));
-      Bump(cache.frees);
-    }
-    cache.gate.ExitFast();
-    if (kept) return;
-  }
-  FreeSlow(cache, size_class, granule);
+  const IovaRange range{iova, size};
+  FreeAllTrusted(absl::MakeConstSpan(&range, 1));
 }
 
-void IovaAllocator::Space::FreeAllTrusted(absl::Span<const IovaRange> ranges) {
+inline void IovaAllocator::Space::FreeAllTrusted(absl::Span<const IovaRange> ranges) {
   ThreadCache& cache = *CacheForThisThread();
   size_t next = 0;
   while (next < ranges.size()) {
