@@ -43,6 +43,14 @@
 // threads Time is wall time / the items of all threads, the inverse of total
 // throughput, and items_per_second is total throughput):
 //   time_per_item_per_thread  how long one item takes as one thread sees it;
+//   cpu_ghz                   the clock the threads' cores ran at, read after
+//                             the loop (bench/cpu_clock.h: on this VM it is not
+//                             the nominal MHz of the context above the table);
+//   cycles_per_item_per_thread  time_per_item_per_thread at that clock, which
+//                             compares across runs at different clocks (the
+//                             console prints it with the "s" Google Benchmark
+//                             gives every inverted rate: 153.6s is 153.6
+//                             cycles);
 //   batches_per_unmap         invalidation batches / unmaps (paranoid: below 1
 //                             means unmaps shared batches);
 //   inv_wait_ns_per_unmap     time callers spent in invalidation / unmaps;
@@ -59,12 +67,10 @@
 // whichever later call happens to reclaim; memory stays bounded without a
 // maintenance thread. The HugePages ones unlink nothing and never call it.
 //
-// Run a Release build (GCC 12 at -O3 reports a false maybe-uninitialized in
-// absl::InlinedVector inside core/iommu/domain.cc, hence the flag):
-//   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release
-//       -DCMAKE_CXX_FLAGS=-Wno-error=maybe-uninitialized
-//   ninja -C build-bench iommu_bench
-//   build-bench/bench/iommu_bench --benchmark_repetitions=5
+// Run a Release build (link-time optimized, as scripts/bench.sh builds it):
+//   cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release
+//   ninja -C build-release iommu_bench
+//   build-release/bench/iommu_bench --benchmark_repetitions=5
 //       --benchmark_report_aggregates_only=true --benchmark_min_time=0.2
 // One group: --benchmark_filter='BM_MapUnmap_Fast'
 
@@ -85,6 +91,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench/cpu_clock.h"
 #include "benchmark/benchmark.h"
 #include "core/iommu/device.h"
 #include "core/iommu/domain.h"
@@ -203,12 +210,21 @@ bool UnmapExpecting(benchmark::State& state, Iommu& iommu, Device& device, uint6
 
 // Called by every thread after its loop: items are summed over threads and
 // divided by wall time; the per-thread counter divides by the thread count as
-// well, then inverts the rate into a time.
+// well, then inverts the rate into a time. Each thread then reads its core's
+// clock, which turns that time into cycles: the VM's clock moves by a fifth
+// from one hour to the next, its cycles per item do not.
 void ReportItems(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
+  const double items = static_cast<double>(state.iterations());
   state.counters["time_per_item_per_thread"] =
-      benchmark::Counter(static_cast<double>(state.iterations()),
-                         benchmark::Counter::kAvgThreadsRate | benchmark::Counter::kInvert);
+      benchmark::Counter(items, benchmark::Counter::kAvgThreadsRate | benchmark::Counter::kInvert);
+  if (const std::optional<double> ghz = MeasureCpuClockGhz()) {
+    state.counters["cpu_ghz"] = benchmark::Counter(*ghz, benchmark::Counter::kAvgThreads);
+    // Items per nanosecond-of-clock, so that the inverted rate comes out as
+    // wall seconds x cycles a second / items.
+    state.counters["cycles_per_item_per_thread"] = benchmark::Counter(
+        items / (*ghz * 1e9), benchmark::Counter::kAvgThreadsRate | benchmark::Counter::kInvert);
+  }
 }
 
 double Ratio(uint64_t numerator, uint64_t denominator) {
