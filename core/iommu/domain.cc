@@ -40,7 +40,7 @@ void CopyLeaf(const PageTable::Leaf& leaf, IotlbEntry& entry) {
 
 // end - 1 of a non-empty range, or nullopt if start + size overflows.
 std::optional<uint64_t> LastByte(uint64_t start, uint64_t size) {
-  if (size == 0 || start > ~uint64_t{0} - (size - 1)) return std::nullopt;
+  if (ABSL_PREDICT_FALSE(size == 0 || start > ~uint64_t{0} - (size - 1))) return std::nullopt;
   return start + (size - 1);
 }
 
@@ -149,7 +149,7 @@ absl::StatusOr<MapResult> Domain::Map(Device& device, const MapRequest& request)
   // filled with scalar stores and then moved into the StatusOr is read back
   // 16 bytes at a time, which stalls on store forwarding (docs/PERFORMANCE.md).
   absl::StatusOr<MapResult> mapped(absl::in_place);
-  if (absl::Status status = MapInto(device, request, *mapped); !status.ok()) {
+  if (absl::Status status = MapInto(device, request, *mapped); ABSL_PREDICT_FALSE(!status.ok())) {
     mapped = std::move(status);
   }
   return mapped;
@@ -159,7 +159,7 @@ absl::Status Domain::MapInto(Device& device, const MapRequest& request, MapResul
   if (absl::Status status = ValidateMapRequest(request); !status.ok()) return status;
   // Checked here rather than in DecideBypass: building and destroying its
   // result on every map cost ~5% of a DMA-API map + unmap.
-  if (request.bypass != BypassMode::kNone) {
+  if (ABSL_PREDICT_FALSE(request.bypass != BypassMode::kNone)) {
     std::string refusal;
     absl::StatusOr<std::optional<MapResult>> bypass = DecideBypass(device, request, &refusal);
     if (!bypass.ok()) {
@@ -176,20 +176,20 @@ absl::Status Domain::MapInto(Device& device, const MapRequest& request, MapResul
       result.bypass_refusal = std::move(refusal);
     }
   }
-  if (policy() == Policy::kPassthrough && !request.has_iova &&
+  if (ABSL_PREDICT_FALSE(policy() == Policy::kPassthrough) && !request.has_iova &&
       request.phys + (request.size - 1) <= device.dma_mask()) {
     AddOwned(counts_.Local().identity_maps, 1);
     result.iova = request.phys;
     result.kind = MappingKind::kIdentity;
     return absl::OkStatus();
   }
-  if (!TryCountMapping()) {
+  if (ABSL_PREDICT_FALSE(!TryCountMapping())) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "domain ", id(), " holds its limit of ", config_.max_mappings, " mappings (max_mappings)"));
   }
   absl::Status placed = request.has_iova ? PlaceFixed(device, request, result)
                                          : PlaceAnywhere(device, request, result);
-  if (!placed.ok()) AddOwned(counts_.Local().live_mappings, -1);
+  if (ABSL_PREDICT_FALSE(!placed.ok())) AddOwned(counts_.Local().live_mappings, -1);
   return placed;
 }
 
@@ -210,31 +210,31 @@ void Domain::RecordPlacement(const MapRequest& request, uint64_t iova, IovaOrigi
 }
 
 absl::Status Domain::ValidateMapRequest(const MapRequest& request) const {
-  if (request.size == 0 || !Aligned(request.size)) {
+  if (ABSL_PREDICT_FALSE(request.size == 0 || !Aligned(request.size))) {
     return absl::InvalidArgumentError(absl::StrCat(
         "size ", Hex(request.size), " is not a positive multiple of the 4096-byte granule"));
   }
-  if (!Aligned(request.phys)) {
+  if (ABSL_PREDICT_FALSE(!Aligned(request.phys))) {
     return absl::InvalidArgumentError(
         absl::StrCat("phys ", Hex(request.phys), " is not aligned to the 4096-byte granule"));
   }
-  if (request.has_iova && !Aligned(request.iova)) {
+  if (ABSL_PREDICT_FALSE(request.has_iova && !Aligned(request.iova))) {
     return absl::InvalidArgumentError(
         absl::StrCat("iova ", Hex(request.iova), " is not aligned to the 4096-byte granule"));
   }
-  if (!request.perms.read && !request.perms.write) {
+  if (ABSL_PREDICT_FALSE(!request.perms.read && !request.perms.write)) {
     return absl::InvalidArgumentError("perms must allow read, write or both");
   }
-  if (request.has_iova && request.bypass != BypassMode::kNone) {
+  if (ABSL_PREDICT_FALSE(request.has_iova && request.bypass != BypassMode::kNone)) {
     return absl::InvalidArgumentError("bypass cannot be combined with a fixed iova");
   }
   std::optional<uint64_t> phys_last = LastByte(request.phys, request.size);
-  if (!phys_last || *phys_last >= env_.physical_memory_bytes) {
+  if (ABSL_PREDICT_FALSE(!phys_last || *phys_last >= env_.physical_memory_bytes)) {
     return absl::OutOfRangeError(absl::StrCat(
         "phys range ", RangeText(request.phys, request.phys + request.size),
         " is outside the emulated physical memory ", RangeText(0, env_.physical_memory_bytes)));
   }
-  if (request.has_iova && !LastByte(request.iova, request.size)) {
+  if (ABSL_PREDICT_FALSE(request.has_iova && !LastByte(request.iova, request.size))) {
     return absl::OutOfRangeError(absl::StrCat("iova ", Hex(request.iova), " + size ",
                                               Hex(request.size), " overflows 64 bits"));
   }
@@ -305,14 +305,14 @@ absl::Status Domain::PlaceAnywhere(const Device& device, const MapRequest& reque
   }
   absl::StatusOr<uint64_t> iova =
       allocator_->Allocate(request.size, std::min(device.dma_mask(), config_.aperture_last));
-  if (!iova.ok()) {
+  if (ABSL_PREDICT_FALSE(!iova.ok())) {
     return absl::Status(
         iova.status().code(),
         absl::StrCat("domain ", id(), ", device ", device.id(), ": ", iova.status().message()));
   }
   std::optional<PageTable::LeafCounts> leaves =
       page_table_.Install(MappingFor(device, request, *iova, IovaOrigin::kAllocated));
-  if (!leaves) {
+  if (ABSL_PREDICT_FALSE(!leaves)) {
     allocator_->Free(*iova, request.size).IgnoreError();
     return absl::InternalError(absl::StrCat("domain ", id(), ": allocated iova ", Hex(*iova),
                                             " is already present in the page table"));
@@ -402,12 +402,12 @@ absl::Status Domain::OverlapError(uint64_t iova, uint64_t size) const {
 // ---------------------------------------------------------------- Unmap
 
 absl::StatusOr<UnmapResult> Domain::Unmap(Device& device, uint64_t iova, uint64_t size) {
-  if (size == 0 || !Aligned(size) || !Aligned(iova)) {
+  if (ABSL_PREDICT_FALSE(size == 0 || !Aligned(size) || !Aligned(iova))) {
     return absl::InvalidArgumentError(
         absl::StrCat("unmap iova ", Hex(iova), " and size ", Hex(size),
                      " must be aligned to the 4096-byte granule, and size positive"));
   }
-  if (!LastByte(iova, size)) {
+  if (ABSL_PREDICT_FALSE(!LastByte(iova, size))) {
     return absl::OutOfRangeError(
         absl::StrCat("iova ", Hex(iova), " + size ", Hex(size), " overflows 64 bits"));
   }
@@ -613,8 +613,8 @@ void Domain::FreeIovas(absl::Span<const PageTable::Removed> removed) {
 bool Domain::TryCountMapping() {
   std::atomic<int64_t>& mine = counts_.Local().live_mappings;
   const int64_t limit = static_cast<int64_t>(config_.max_mappings);
-  if (mine.load(std::memory_order_relaxed) >= limit / 32 &&
-      Total(&Counts::live_mappings) >= limit) {
+  if (ABSL_PREDICT_FALSE(mine.load(std::memory_order_relaxed) >= limit / 32 &&
+                         Total(&Counts::live_mappings) >= limit)) {
     return false;
   }
   AddOwned(mine, 1);

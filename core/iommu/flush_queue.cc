@@ -4,6 +4,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/optimization.h"
+
 namespace iommu_broker {
 
 size_t InvalidationsFor(const PageTable::Removed& removed) {
@@ -52,7 +54,7 @@ FlushQueue::Unmapping::~Unmapping() {
 
 void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed) {
   for (const PageTable::Removed& gone : removed) {
-    if (stripe_.used == 0) {
+    if (ABSL_PREDICT_FALSE(stripe_.used == 0)) {
       if (stripe_.entries.empty())
         stripe_.entries.resize(std::max<size_t>(queue_.options_.capacity, 1));
       stripe_.oldest_unix_nanos.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
@@ -62,7 +64,7 @@ void FlushQueue::Unmapping::Enqueue(absl::Span<const PageTable::Removed> removed
     AddOwned(stripe_.queued, 1);
     // Stays busy even if this empties it: the rest of `removed` is unmapped
     // already. The busy period ends with the hold.
-    if (stripe_.used == stripe_.entries.size()) {
+    if (ABSL_PREDICT_FALSE(stripe_.used == stripe_.entries.size())) {
       queue_.FlushStripe(stripe_, FlushKind::kQueueFull);
     }
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/util/hex.h"
@@ -415,7 +416,7 @@ std::optional<DetachResult> Iommu::DetachLocked(Device& device, std::shared_ptr<
 absl::StatusOr<MapResult> Iommu::Map(Device& device, const MapRequest& request) {
   EpochReclaimer::Guard guard(reclaimer_);
   Domain* domain = device.domain();
-  if (domain == nullptr) {
+  if (ABSL_PREDICT_FALSE(domain == nullptr)) {
     return absl::FailedPreconditionError(
         absl::StrCat("device ", device.id(), " is not attached to a domain"));
   }
@@ -428,7 +429,7 @@ absl::StatusOr<UnmapResult> Iommu::Unmap(Device& device, uint64_t iova, uint64_t
   absl::StatusOr<UnmapResult> result = [&]() -> absl::StatusOr<UnmapResult> {
     EpochReclaimer::Guard guard(reclaimer_);
     Domain* domain = device.domain();
-    if (domain == nullptr) {
+    if (ABSL_PREDICT_FALSE(domain == nullptr)) {
       return absl::FailedPreconditionError(
           absl::StrCat("device ", device.id(), " is not attached to a domain"));
     }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "absl/container/inlined_vector.h"
 
 namespace iommu_broker {
@@ -122,9 +123,9 @@ PageTable::Leaf DecodeLeaf(uint64_t entry, uint64_t iova, int level) {
 }
 
 void CountLeaf(uint64_t size, PageTable::LeafCounts& counts) {
-  if (size == kPage4K) ++counts.leaves_4k;
-  if (size == kPage2M) ++counts.leaves_2m;
-  if (size == kPage1G) ++counts.leaves_1g;
+  counts.leaves_4k += size == kPage4K;
+  counts.leaves_2m += size == kPage2M;
+  counts.leaves_1g += size == kPage1G;
 }
 
 // A leaf of `level` can map [cur, cur + span) of `mapping` (whose range ends
@@ -145,8 +146,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline uint64_t LeafEntry(const PageTable::Mapping&
   const uint64_t end = mapping.iova + mapping.size;
   uint64_t entry = ((mapping.phys + (cur - mapping.iova)) & kAddressMask) | kPresent |
                    OwnershipBits(mapping.origin, mapping.owner);
-  if (mapping.perms.read) entry |= kRead;
-  if (mapping.perms.write) entry |= kWrite;
+  entry |= (mapping.perms.read ? kRead : 0) | (mapping.perms.write ? kWrite : 0);
   if (cur == mapping.iova) entry |= kFirst;
   if (cur + Span(level) == end) entry |= kLast;
   return entry;
@@ -311,7 +311,7 @@ std::optional<PageTable::LeafCounts> PageTable::Install(const Mapping& mapping) 
   for (int level = 0; level < kRootLevel && Span(level) <= mapping.size; ++level) {
     if (Span(level) != mapping.size || !LeafFits(mapping, mapping.iova, level, end)) continue;
     TablePage* page = level == 0 && mapping.exclusive ? HintedLeafTable(mapping.iova) : nullptr;
-    if (page == nullptr) {
+    if (ABSL_PREDICT_FALSE(page == nullptr)) {
       const uint64_t unlinks = unlinks_.load(std::memory_order_acquire);  // before the walk
       page = root_.get();
       for (int at = kRootLevel; at > level && page != nullptr; --at) {
@@ -335,11 +335,13 @@ std::optional<PageTable::LeafCounts> PageTable::Install(const Mapping& mapping) 
 
 bool PageTable::PublishLeaf(std::atomic<uint64_t>& slot, uint64_t leaf, bool exclusive,
                             uint64_t& found) {
-  if (!exclusive) return slot.compare_exchange_strong(found, leaf, std::memory_order_seq_cst);
+  if (ABSL_PREDICT_FALSE(!exclusive)) {
+    return slot.compare_exchange_strong(found, leaf, std::memory_order_seq_cst);
+  }
   // Nobody else writes the slot (Mapping::exclusive): the load only catches
   // a slot that is not empty.
   found = slot.load(std::memory_order_relaxed);
-  if (found != 0) return false;
+  if (ABSL_PREDICT_FALSE(found != 0)) return false;
   slot.store(leaf, std::memory_order_release);
   return true;
 }
@@ -439,7 +441,7 @@ std::optional<PageTable::Removed> PageTable::RemoveEndingIn(uint64_t first_iova,
                                                             uint64_t limit) {
   // Nothing is mapped at or above 2^48, and a walk of such an address would
   // alias it onto a lower one.
-  if (first_iova >= (uint64_t{1} << kIovaBits)) return std::nullopt;
+  if (ABSL_PREDICT_FALSE(first_iova >= (uint64_t{1} << kIovaBits))) return std::nullopt;
   // Mark the first leaf, which keeps it translating: if the mapping ends
   // outside [min_end, limit], it is put back untouched, and translations
   // never miss it.
@@ -457,10 +459,11 @@ std::optional<PageTable::Removed> PageTable::RemoveEndingIn(uint64_t first_iova,
       first = FindSlot(first_iova, &level);
     }
     entry = first->load(std::memory_order_acquire);
-    if (!(entry & kPresent) || !(entry & kFirst) || (first_iova & (Span(level) - 1)) != 0) {
+    if (ABSL_PREDICT_FALSE(!(entry & kPresent) || !(entry & kFirst) ||
+                           (first_iova & (Span(level) - 1)) != 0)) {
       return std::nullopt;
     }
-    if (entry & kRemoving) {
+    if (ABSL_PREDICT_FALSE(entry & kRemoving)) {
       std::this_thread::yield();
       continue;
     }
@@ -478,11 +481,11 @@ std::optional<PageTable::Removed> PageTable::RemoveEndingIn(uint64_t first_iova,
   while (true) {
     removed.size += leaf_size;
     removed.leaf_sizes |= leaf_size;
-    if (removed.iova + removed.size > limit) {
+    if (ABSL_PREDICT_FALSE(removed.iova + removed.size > limit)) {
       first->store(entry, std::memory_order_release);  // extends past the range: untouched
       return std::nullopt;
     }
-    if (leaf_entry & kLast) break;
+    if (ABSL_PREDICT_TRUE(leaf_entry & kLast)) break;
     std::optional<Leaf> next = Lookup(removed.iova + removed.size);
     if (!next.has_value()) {  // cannot happen: a mapping's leaves are contiguous
       first->store(entry, std::memory_order_release);
@@ -491,15 +494,15 @@ std::optional<PageTable::Removed> PageTable::RemoveEndingIn(uint64_t first_iova,
     leaf_size = next->size;
     leaf_entry = next->last ? kLast : 0;
   }
-  if (removed.iova + removed.size < min_end) {
+  if (ABSL_PREDICT_FALSE(removed.iova + removed.size < min_end)) {
     first->store(entry, std::memory_order_release);  // ends short of the range: untouched
     return std::nullopt;
   }
-  if (removed.origin == IovaOrigin::kClaimed) {
+  if (ABSL_PREDICT_FALSE(removed.origin == IovaOrigin::kClaimed)) {
     // Keep every slot claimed until Release(): the IOVA must not be reused
     // before its invalidation.
     ClaimRange(removed.iova, removed.iova + removed.size, claimed);
-  } else if (removed.size == Span(level)) {
+  } else if (ABSL_PREDICT_TRUE(removed.size == Span(level))) {
     // One leaf: no table lies inside its span, so clearing is this store.
     first->store(0, std::memory_order_release);
   } else {

@@ -78,7 +78,7 @@ struct alignas(kCacheLine) Magazine {
 
   // Pops a range that starts at or below `last_start`, preferring the top.
   bool PopAtOrBelow(uint64_t last_start, uint64_t* granule) {
-    if (count > 0 && granules[count - 1] <= last_start) {
+    if (ABSL_PREDICT_TRUE(count > 0 && granules[count - 1] <= last_start)) {
       *granule = granules[--count];
       return true;
     }
@@ -113,14 +113,16 @@ struct ClassCache {
   std::unique_ptr<Magazine> previous;
 
   bool TryPop(uint64_t last_start, uint64_t* granule) {
-    if (loaded != nullptr && loaded->PopAtOrBelow(last_start, granule)) return true;
+    if (ABSL_PREDICT_TRUE(loaded != nullptr && loaded->PopAtOrBelow(last_start, granule))) {
+      return true;
+    }
     if (previous == nullptr || !previous->PopAtOrBelow(last_start, granule)) return false;
     std::swap(loaded, previous);
     return true;
   }
 
   bool TryPush(int capacity, uint64_t granule) {
-    if (loaded == nullptr || loaded->count == capacity) {
+    if (ABSL_PREDICT_FALSE(loaded == nullptr || loaded->count == capacity)) {
       if (previous == nullptr || previous->count != 0) return false;
       std::swap(loaded, previous);
     }
@@ -313,7 +315,7 @@ IovaAllocator::Space::Space(const IovaAllocatorOptions& options,
 IovaAllocator::Space::~Space() = default;
 
 inline ThreadCache* IovaAllocator::Space::CacheForThisThread() {
-  if (last_binding.space == this) return last_binding.cache;
+  if (ABSL_PREDICT_TRUE(last_binding.space == this)) return last_binding.cache;
   return BindThisThread();
 }
 
@@ -373,7 +375,9 @@ inline absl::StatusOr<uint64_t> IovaAllocator::Space::Allocate(uint64_t size, ui
   absl::StatusOr<uint64_t> iova = TryAllocateFast(cache, size_class, last_start, &granule)
                                       ? granule << kGranuleShift
                                       : AllocateSlow(cache, size_class, last_start);
-  if (free_check_ == FreeCheck::kChecked && iova.ok()) return CheckedRecord(*iova, size);
+  if (ABSL_PREDICT_FALSE(free_check_ == FreeCheck::kChecked) && iova.ok()) {
+    return CheckedRecord(*iova, size);
+  }
   return iova;
 }
 

@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "absl/base/optimization.h"
+
 namespace iommu_broker::size_class {
 
 inline constexpr int kMaxGranulesLog2 = 18;  // 1 GiB of 4 KiB granules
@@ -47,7 +49,9 @@ inline constexpr std::array<uint8_t, kTabulatedGranules + 1> kSmallIndex = [] {
 
 // The class index serving `granules`, which must be in [1, kMaxGranules].
 constexpr int IndexOf(uint64_t granules) {
-  if (granules <= internal::kTabulatedGranules) return internal::kSmallIndex[granules];
+  if (ABSL_PREDICT_TRUE(granules <= internal::kTabulatedGranules)) {
+    return internal::kSmallIndex[granules];
+  }
   return internal::ComputeIndexOf(granules);
 }
 

@@ -23,6 +23,8 @@
 
 #include <atomic>
 
+#include "absl/base/optimization.h"
+
 namespace iommu_broker {
 
 // How the slow side's heavy barrier is made; chosen once per owner.
@@ -47,7 +49,7 @@ inline HeavyBarrier RegisterHeavyBarrier() {
 // The fast side: orders its earlier stores before its later loads once the
 // slow side's IssueHeavyBarrier() has run.
 inline void LightBarrier(HeavyBarrier barrier) {
-  if (barrier == HeavyBarrier::kMembarrier) {
+  if (ABSL_PREDICT_TRUE(barrier == HeavyBarrier::kMembarrier)) {
     std::atomic_signal_fence(std::memory_order_seq_cst);
   } else {
     std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <thread>
 
+#include "absl/base/optimization.h"
 #include "core/util/heavy_barrier.h"
 
 namespace iommu_broker {
@@ -43,7 +44,7 @@ class ReclaimGate final {
 #else
     busy_.store(1, std::memory_order_relaxed);
     LightBarrier(barrier_);
-    if (reclaiming_.load(std::memory_order_acquire) == 0) return true;
+    if (ABSL_PREDICT_TRUE(reclaiming_.load(std::memory_order_acquire) == 0)) return true;
 #endif
     busy_.store(0, std::memory_order_release);
     return false;
